@@ -1,0 +1,38 @@
+"""The ``model`` config group: which checkpoint, under which name, in which dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .enums import DType
+from .errors import coerce_enum
+
+
+@dataclass
+class ModelConfig:
+    """Where the checkpoint is and how to read it."""
+
+    # Checkpoint directory (a Hugging Face layout on local disk). A relative path is
+    # resolved against Config.model_root (env DIFFULEX_MODEL_ROOT).
+    path: str = ""
+    # Model name (e.g. llada2_mini, dream_7b); see diffulex/config/families.py.
+    # None: detected from the checkpoint's config.json.
+    name: Optional[str] = None
+    # Write (once) and use the project's own tiny checkpoint of this family instead of a
+    # downloaded one; `path`, when set, says where to write it. None: use `path`.
+    tiny: Optional[str] = None
+    # Weight dtype. auto: bfloat16 on CUDA, float32 on CPU.
+    dtype: DType = DType.AUTO
+    # Mask token id. None: the tokenizer's mask token, else the HF config's mask_token_id.
+    # An explicit value always wins.
+    mask_token_id: Optional[int] = None
+
+    def validate(self) -> None:
+        self.dtype = coerce_enum(DType, "model.dtype", self.dtype)
+        if self.mask_token_id is not None and (isinstance(self.mask_token_id, bool)
+                                               or not isinstance(self.mask_token_id, int)
+                                               or self.mask_token_id < 0):
+            from .errors import config_error
+            raise config_error("model.mask_token_id", self.mask_token_id, "a non-negative int or None",
+                               "pass the checkpoint's mask token id, or leave it unset")

@@ -1,0 +1,45 @@
+"""The ``runtime`` config group: batch limits, lengths, CUDA graphs and kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .enums import KernelBackend
+from .errors import check_range, coerce_enum, config_error
+
+
+@dataclass
+class RuntimeConfig:
+    """Limits of one engine step and the execution knobs of the data plane."""
+
+    # Longest prompt + generation. None: the model's maximum; larger values are clamped.
+    max_model_len: Optional[int] = None
+    # Token budget of one forward pass (all requests together).
+    max_num_batched_tokens: int = 4096
+    # Requests decoded together at most.
+    max_num_seqs: int = 128
+    # True: never capture CUDA graphs (eager PyTorch only). None: graphs on CUDA, eager on
+    # CPU; False on CPU is an error (CUDA graphs need CUDA).
+    enforce_eager: Optional[bool] = None
+    # Batch sizes for which decode-step CUDA graphs are captured.
+    cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    # Attention / MoE / sampling kernels. auto: Triton on CUDA, PyTorch on CPU.
+    kernels: KernelBackend = KernelBackend.AUTO
+    # Keep per-step decisions (positions and confidences) in the trajectories.
+    record_trajectory: bool = True
+    # Seed of the engine's random generator (sampling at temperature > 0, random inits).
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_model_len is not None:
+            check_range("runtime.max_model_len", self.max_model_len, 1, None, integer=True)
+        check_range("runtime.max_num_batched_tokens", self.max_num_batched_tokens, 1, None, integer=True)
+        check_range("runtime.max_num_seqs", self.max_num_seqs, 1, None, integer=True)
+        self.kernels = coerce_enum(KernelBackend, "runtime.kernels", self.kernels)
+        if not self.cuda_graph_batch_sizes or any(
+                isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.cuda_graph_batch_sizes):
+            raise config_error("runtime.cuda_graph_batch_sizes", self.cuda_graph_batch_sizes,
+                               "a non-empty list of positive ints", "e.g. [1, 2, 4, 8, 16]")
+        self.cuda_graph_batch_sizes = sorted(set(self.cuda_graph_batch_sizes))
+        check_range("runtime.seed", self.seed, 0, None, integer=True)

@@ -1,0 +1,113 @@
+"""The model runner: one per rank; owns the model weights and the KV cache tensors.
+
+Construction order on every rank (after the rank joined the process group, see
+:func:`~diffulex.engine.distributed.join_parallel_state`): pick the device → build the
+family's model (registered in ``diffulex.models``) with this rank's tensor-parallel shard
+→ load the checkpoint's weights → allocate the paged KV cache. Strategies subclass this
+only where their forward pass differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import Config, Device, DType
+from .distributed import ParallelState
+
+_DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
+
+
+def resolve_dtype(value: DType, device: torch.device) -> torch.dtype:
+    """auto → bfloat16 on CUDA, float32 on CPU."""
+    if value == DType.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[DType(value)]
+
+
+class ModelRunner:
+    """Builds and holds one rank's model and KV cache."""
+
+    def __init__(self, config: Config, parallel: ParallelState) -> None:
+        self.config = config
+        self.parallel = parallel
+        self.device = self._pick_device()
+        self.dtype = resolve_dtype(config.model.dtype, self.device)
+        self.model = self._build_model()
+        self.kv_caches = self._allocate_kv_cache()
+
+    # -- construction -----------------------------------------------------------------
+    def _pick_device(self) -> torch.device:
+        if self.config.parallel.device == Device.CUDA:
+            device = torch.device("cuda", self.config.parallel.device_ids[self.parallel.rank])
+            torch.cuda.set_device(device)
+            return device
+        return torch.device("cpu")
+
+    def _build_model(self) -> torch.nn.Module:
+        import diffulex.models  # noqa: F401  (registers the families)
+        from ..layers.parallel import TPGroup
+        from ..registry import AutoModel
+
+        model_cls = AutoModel.get(self.config.family)
+        tp = TPGroup(self.parallel.tp_rank, self.parallel.tp_size, self.parallel.tp_group)
+        with torch.device(self.device):
+            model = model_cls(self.config.hf_config, tp=tp, dtype=self.dtype)
+        model.load_weights(self.config.model.path)
+        return model.eval()
+
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        """(num_layers, kv heads on this rank, head_dim) of the paged cache."""
+        facts, hf = self.config.checkpoint, self.config.hf_config
+        head_dim = getattr(hf, "head_dim", None) or facts.hidden_size // facts.num_attention_heads
+        kv_local = max(1, facts.num_key_value_heads // self.parallel.tp_size)
+        return facts.num_layers, kv_local, head_dim
+
+    def num_pages(self, bytes_per_page: int) -> int:
+        """Pages that fit the memory budget (or cache.num_pages when fixed)."""
+        cache = self.config.cache
+        if cache.num_pages > 0:
+            return cache.num_pages
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1.0 - cache.gpu_memory_utilization) * total
+        else:
+            budget = cache.cpu_kv_cache_gib * (1 << 30)
+        # Never more than every admissible request at full length could use.
+        most = self.config.runtime.max_num_seqs * -(-self.config.runtime.max_model_len // self.config.cache.page_size)
+        pages = min(int(budget // bytes_per_page), most + 1)
+        if pages < 1:
+            raise ValueError(f"cache: no memory left for KV pages (budget {budget / 2**30:.2f} GiB, "
+                             f"{bytes_per_page} bytes per page); raise cache.gpu_memory_utilization / "
+                             "cache.cpu_kv_cache_gib or set cache.num_pages")
+        return pages
+
+    def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.config.strategy.name.value == "vanilla":
+            return []  # the vanilla loop recomputes everything and keeps no cache
+        layers, kv_heads, head_dim = self.kv_cache_shape()
+        kv_dtype = self.dtype if self.config.cache.kv_cache_dtype == DType.AUTO else resolve_dtype(
+            self.config.cache.kv_cache_dtype, self.device)
+        page = self.config.cache.page_size
+        elem = torch.tensor([], dtype=kv_dtype).element_size()
+        self.page_count = self.num_pages(2 * layers * page * kv_heads * head_dim * elem)
+        shape = (self.page_count, page, kv_heads, head_dim)
+        return [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
+                 torch.zeros(shape, dtype=kv_dtype, device=self.device)) for _ in range(layers)]
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def ping(self) -> int:
+        """Round-trip check used by tests: this runner's rank."""
+        return self.parallel.rank
+
+    def exit(self) -> None:
+        """Release the weights and the cache (the process group belongs to the caller)."""
+        self.kv_caches = []
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def describe(self) -> dict[str, Any]:
+        return {"rank": self.parallel.rank, "device": str(self.device), "dtype": str(self.dtype),
+                "pages": getattr(self, "page_count", 0)}

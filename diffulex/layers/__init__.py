@@ -1,0 +1,1 @@
+"""Data plane: tensor-parallel-aware building blocks that model families compose."""

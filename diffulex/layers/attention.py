@@ -1,0 +1,37 @@
+"""Paged attention over one layer's KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffulex.kernels import get_ops
+from diffulex.layers.attention_metadata import AttentionMetadata
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class Attention(nn.Module):
+    """Writes this step's K/V into the layer's cache, then attends per ``AttentionMetadata``.
+
+    The cache is ``(k_cache, v_cache)``, each ``[num_pages, page_size, Hkv, D]``, or None
+    when no cache is allocated (then every ``context_len`` must be 0).
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 softcap: float | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.softcap = softcap
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
+        # q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq, D]
+        ops = get_ops(q.device)
+        k_cache, v_cache = kv_cache if kv_cache is not None else (None, None)
+        if k_cache is not None:
+            ops.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+        return ops.paged_attention(q, k, v, k_cache, v_cache, meta, self.scale, self.softcap)

@@ -1,0 +1,79 @@
+"""Routed experts as stacked weights, computed one expert at a time over all its tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffulex.layers.linear import copy_checked
+from diffulex.layers.parallel import TPGroup
+
+
+class StackedExperts(nn.Module):
+    """``num_experts`` gated MLPs held as ``w13: [E_local, 2I, H]`` (gate | up) and ``w2: [E_local, H, I]``.
+
+    With tensor parallelism whole experts are sharded: rank r owns experts
+    ``[r * E_local, (r + 1) * E_local)``; every rank routes all tokens, computes its own
+    experts and the partial sums are all-reduced.
+
+    ``weight_loader(param, loaded, shard_id=(expert_id, "gate" | "up" | "down"))`` takes one
+    expert's full checkpoint matrix; experts owned by another rank are skipped.
+    """
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
+                 tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.tp = tp
+        self.num_experts = num_experts
+        self.num_local = tp.split(num_experts, "num_experts")
+        self.expert_start = tp.rank * self.num_local
+        self.intermediate_size = intermediate_size
+        self.w13 = nn.Parameter(torch.empty(self.num_local, 2 * intermediate_size, hidden_size, dtype=dtype),
+                                requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(self.num_local, hidden_size, intermediate_size, dtype=dtype),
+                               requires_grad=False)
+        self.w13.weight_loader = self.weight_loader
+        self.w2.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        expert_id, part = shard_id
+        if not 0 <= expert_id < self.num_experts:
+            raise ValueError(f"expert id {expert_id} out of range [0, {self.num_experts})")
+        local = expert_id - self.expert_start
+        if not 0 <= local < self.num_local:
+            return
+        i = self.intermediate_size
+        if part == "gate":
+            dst = param.data[local, :i]
+        elif part == "up":
+            dst = param.data[local, i:]
+        elif part == "down":
+            dst = param.data[local]
+        else:
+            raise ValueError(f"StackedExperts: part {part!r}, expected 'gate', 'up' or 'down'")
+        with torch.no_grad():
+            copy_checked(dst, loaded_weight)
+
+    def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]
+        k = topk_ids.shape[1]
+        flat_ids = topk_ids.flatten()  # [T*k]
+        order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert
+        token_of = order // k  # [T*k] token of each sorted assignment
+        weight_of = topk_weights.flatten()[order].float()  # [T*k]
+        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # one host sync per layer
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
+        start = sum(counts[: self.expert_start])
+        for local in range(self.num_local):
+            n = counts[self.expert_start + local]
+            if n == 0:
+                continue
+            rows = slice(start, start + n)
+            start += n
+            tokens = token_of[rows]  # [n]
+            h = F.linear(x[tokens], self.w13[local])  # [n, 2I]
+            gate, up = h.chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.w2[local])  # [n, H]
+            out.index_add_(0, tokens, y.float() * weight_of[rows, None])
+        return self.tp.all_reduce(out).to(x.dtype)

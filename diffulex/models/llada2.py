@@ -1,0 +1,259 @@
+"""LLaDA2 MoE family (LLaDA2.0 / LLaDA2.1 mini and flash, DMax fine-tunes).
+
+Architecture facts (from the published ``modeling_llada2_moe.py``): fused
+``query_key_value`` viewed as ``(Hq + 2 Hkv) x head_dim``; per-head q/k RMSNorm before a
+partial RoPE; layers below ``first_k_dense_replace`` use a dense gated MLP, the rest a
+sigmoid group-limited MoE with an expert bias and shared experts. Module names mirror the
+checkpoint names so the weight map in :meth:`LLaDA2MoeForDiffusion.checkpoint_layout`
+stays a short, readable table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from diffulex.layers.attention import Attention, KVCache
+from diffulex.layers.attention_metadata import AttentionMetadata
+from diffulex.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from diffulex.layers.linear import QKVParallelLinear, RowParallelLinear
+from diffulex.layers.mlp import GatedMLP
+from diffulex.layers.moe import GroupLimitedSigmoidRouter, StackedExperts
+from diffulex.layers.norm import RMSNorm
+from diffulex.layers.parallel import TPGroup
+from diffulex.layers.rotary import RotaryEmbedding
+from diffulex.models.weights import iter_checkpoint, load_into
+from diffulex.registry import AutoModel
+
+_REQUIRED = object()
+# Checkpoint aliases: some LLaDA2 exports name the router bias after DeepSeek-V3.
+_ALIASES = {"e_score_correction_bias": "expert_bias"}
+
+
+def cfg_get(cfg: Any, name: str, default: Any = _REQUIRED) -> Any:
+    """Read field ``name`` of an HF config object or dict; ValueError if required and absent."""
+    value = cfg.get(name, default) if isinstance(cfg, dict) else getattr(cfg, name, default)
+    if value is _REQUIRED:
+        raise ValueError(f"LLaDA2 config: required field {name!r} is missing")
+    return value
+
+
+class LLaDA2Attention(nn.Module):
+    """Fused-qkv attention with per-head q/k RMSNorm before partial RoPE."""
+
+    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden = cfg_get(cfg, "hidden_size")
+        num_heads = cfg_get(cfg, "num_attention_heads")
+        num_kv_heads = cfg_get(cfg, "num_key_value_heads", None) or num_heads
+        head_dim = cfg_get(cfg, "head_dim", None) or hidden // num_heads
+        eps = cfg_get(cfg, "rms_norm_eps", 1e-6)
+        self.head_dim = head_dim
+        self.query_key_value = QKVParallelLinear(hidden, head_dim, num_heads, num_kv_heads,
+                                                 bias=cfg_get(cfg, "use_qkv_bias", False), tp=tp, dtype=dtype)
+        self.num_heads = self.query_key_value.num_heads_local
+        self.num_kv_heads = self.query_key_value.num_kv_heads_local
+        self.use_qk_norm = cfg_get(cfg, "use_qk_norm", True)
+        if self.use_qk_norm:
+            self.query_layernorm = RMSNorm(head_dim, eps, dtype)
+            self.key_layernorm = RMSNorm(head_dim, eps, dtype)
+        self.dense = RowParallelLinear(num_heads * head_dim, hidden, bias=cfg_get(cfg, "use_bias", True),
+                                       tp=tp, dtype=dtype)
+        rotary_dim = int(head_dim * cfg_get(cfg, "partial_rotary_factor", 1.0))
+        self.rotary = RotaryEmbedding(head_dim, rotary_dim, cfg_get(cfg, "max_position_embeddings"),
+                                      cfg_get(cfg, "rope_theta"))
+        self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, scale=head_dim ** -0.5)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: KVCache | None) -> torch.Tensor:
+        # x: [N, H]
+        n = x.shape[0]
+        qkv = self.query_key_value(x).view(n, -1, self.head_dim)  # [N, Hq + 2 Hkv, D]
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        if self.use_qk_norm:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = self.rotary(positions, q, k)
+        o = self.attn(q, k, v.contiguous(), meta, kv_cache)  # [N, Hq, D]
+        return self.dense(o.reshape(n, -1))
+
+
+class LLaDA2SparseMoe(nn.Module):
+    """Routed experts (sigmoid group-limited router) plus optional shared experts."""
+
+    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden = cfg_get(cfg, "hidden_size")
+        width = cfg_get(cfg, "moe_intermediate_size")
+        score_function = cfg_get(cfg, "score_function", "sigmoid")
+        if score_function != "sigmoid":
+            raise ValueError(f"LLaDA2 config: score_function {score_function!r} is not supported; only 'sigmoid'")
+        self.gate = GroupLimitedSigmoidRouter(
+            hidden, cfg_get(cfg, "num_experts"), cfg_get(cfg, "num_experts_per_tok"),
+            cfg_get(cfg, "n_group"), cfg_get(cfg, "topk_group"), cfg_get(cfg, "routed_scaling_factor"), dtype)
+        self.experts = StackedExperts(cfg_get(cfg, "num_experts"), hidden, width, tp, dtype)
+        num_shared = cfg_get(cfg, "num_shared_experts", None) or 0
+        self.shared_experts = GatedMLP(hidden, width * num_shared, tp, dtype) if num_shared else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, H] -> [T, H]
+        topk_ids, topk_weights = self.gate(x)  # [T, k], [T, k]
+        y = self.experts(x, topk_ids, topk_weights)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y
+
+
+class LLaDA2DecoderLayer(nn.Module):
+    """Pre-norm block: attention then dense MLP or MoE, each with a residual."""
+
+    def __init__(self, cfg: Any, layer_idx: int, tp: TPGroup, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden, eps = cfg_get(cfg, "hidden_size"), cfg_get(cfg, "rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(hidden, eps, dtype)
+        self.attention = LLaDA2Attention(cfg, tp, dtype)
+        self.post_attention_layernorm = RMSNorm(hidden, eps, dtype)
+        self.is_moe = is_moe_layer(cfg, layer_idx)
+        if self.is_moe:
+            self.mlp = LLaDA2SparseMoe(cfg, tp, dtype)
+        else:
+            self.mlp = GatedMLP(hidden, cfg_get(cfg, "intermediate_size"), tp, dtype)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: KVCache | None) -> torch.Tensor:
+        # h: [N, H]
+        h = h + self.attention(self.input_layernorm(h), positions, meta, kv_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+def is_moe_layer(cfg: Any, layer_idx: int) -> bool:
+    return cfg_get(cfg, "num_experts", None) is not None and layer_idx >= cfg_get(cfg, "first_k_dense_replace", 0)
+
+
+class LLaDA2Model(nn.Module):
+    """Embedding, decoder stack and final norm."""
+
+    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden = cfg_get(cfg, "hidden_size")
+        self.word_embeddings = VocabParallelEmbedding(cfg_get(cfg, "vocab_size"), hidden, tp, dtype)
+        self.layers = nn.ModuleList(
+            LLaDA2DecoderLayer(cfg, i, tp, dtype) for i in range(cfg_get(cfg, "num_hidden_layers")))
+        self.norm = RMSNorm(hidden, cfg_get(cfg, "rms_norm_eps", 1e-6), dtype)
+
+
+@AutoModel.register("llada2")
+class LLaDA2MoeForDiffusion(nn.Module):
+    """LLaDA2 MoE over a flat varlen batch described by :class:`AttentionMetadata`.
+
+    ``forward`` returns final-norm hidden states of every query token; ``compute_logits``
+    projects the rows the caller picked (usually ``hidden[meta.logits_indices]``).
+    """
+
+    def __init__(self, hf_config: Any, tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        rope_scaling = cfg_get(hf_config, "rope_scaling", None)
+        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) != "default":
+            raise ValueError(f"LLaDA2 config: rope_scaling {rope_scaling!r} is not supported")
+        self.config = hf_config
+        self.tp = tp
+        self.dtype = dtype
+        self.tie_word_embeddings = bool(cfg_get(hf_config, "tie_word_embeddings", False))
+        self.model = LLaDA2Model(hf_config, tp, dtype)
+        self.lm_head = ParallelLMHead(cfg_get(hf_config, "vocab_size"), cfg_get(hf_config, "hidden_size"), tp, dtype)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.word_embeddings.weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[N, H]`` (strategies mix these into soft inputs)."""
+        return self.model.word_embeddings(input_ids)
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[KVCache] | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states after the final norm, ``[N, H]``; exactly one of ids / embeds is given."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("LLaDA2MoeForDiffusion.forward: pass exactly one of input_ids and inputs_embeds")
+        layers = self.model.layers
+        if kv_caches is not None and len(kv_caches) != len(layers):
+            raise ValueError(f"kv_caches has {len(kv_caches)} entries for {len(layers)} layers")
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)  # [N, H]
+        for i, layer in enumerate(layers):
+            h = layer(h, positions, meta, kv_caches[i] if kv_caches is not None else None)
+        return self.model.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits ``[M, V]`` in float32 for hidden rows ``[M, H]``."""
+        return self.lm_head(hidden).float()
+
+    def checkpoint_layout(self) -> tuple[dict[str, tuple[str, Any]], dict[str, tuple[str, Any]]]:
+        """``(required, optional)`` maps: real checkpoint name -> (parameter name, shard_id)."""
+        cfg = self.config
+        req: dict[str, tuple[str, Any]] = {}
+
+        def same(name: str) -> None:
+            req[name] = (name, None)
+
+        def gated_mlp(ckpt: str, mod: str) -> None:
+            req[f"{ckpt}.gate_proj.weight"] = (f"{mod}.gate_up_proj.weight", 0)
+            req[f"{ckpt}.up_proj.weight"] = (f"{mod}.gate_up_proj.weight", 1)
+            same(f"{mod}.down_proj.weight")
+
+        same("model.word_embeddings.weight")
+        same("model.norm.weight")
+        for i, layer in enumerate(self.model.layers):
+            p = f"model.layers.{i}"
+            same(f"{p}.input_layernorm.weight")
+            same(f"{p}.post_attention_layernorm.weight")
+            for name, _ in layer.attention.named_parameters():
+                same(f"{p}.attention.{name}")
+            if not layer.is_moe:
+                gated_mlp(f"{p}.mlp", f"{p}.mlp")
+                continue
+            same(f"{p}.mlp.gate.weight")
+            if cfg_get(cfg, "moe_router_enable_expert_bias", True):
+                same(f"{p}.mlp.gate.expert_bias")
+            for e in range(layer.mlp.experts.num_experts):
+                for part, param in (("gate", "w13"), ("up", "w13"), ("down", "w2")):
+                    req[f"{p}.mlp.experts.{e}.{part}_proj.weight"] = (f"{p}.mlp.experts.{param}", (e, part))
+            if layer.mlp.shared_experts is not None:
+                gated_mlp(f"{p}.mlp.shared_experts", f"{p}.mlp.shared_experts")
+        optional: dict[str, tuple[str, Any]] = {}
+        if self.tie_word_embeddings:
+            optional["lm_head.weight"] = ("model.word_embeddings.weight", None)
+        else:
+            same("lm_head.weight")
+        return req, optional
+
+    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load ``(checkpoint name, full tensor)`` pairs; ValueError on unknown, missing or misshapen tensors."""
+        required, optional = self.checkpoint_layout()
+        params = dict(self.named_parameters())
+        seen: dict[str, str] = {}
+        for name, tensor in tensors:
+            if name.endswith("rotary_emb.inv_freq"):
+                continue  # a recomputed buffer some exports include
+            canon = name
+            for old, new in _ALIASES.items():
+                canon = canon.replace(old, new)
+            target = required.get(canon) or optional.get(canon)
+            if target is None:
+                raise ValueError(f"unexpected checkpoint tensor {name!r}: no LLaDA2 parameter maps to it")
+            if canon in seen:
+                raise ValueError(f"checkpoint tensor {name!r} duplicates {seen[canon]!r}")
+            seen[canon] = name
+            load_into(params[target[0]], tensor, target[1], name)
+        missing = sorted(set(required) - set(seen))
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), first: {missing[:5]}")
+        covered = {required.get(c, optional.get(c))[0] for c in seen}
+        bias_off = not cfg_get(self.config, "moe_router_enable_expert_bias", True)
+        unloaded = sorted(n for n in params if n not in covered and not (bias_off and n.endswith("expert_bias")))
+        if unloaded:
+            raise ValueError(f"parameters left unloaded: {unloaded[:5]}")
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load every safetensors shard under ``path`` (via the index when present)."""
+        self.load_named_tensors(iter_checkpoint(path))

@@ -1,0 +1,51 @@
+"""Reading checkpoint tensors from safetensors shards and routing them into parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory (via the index when present)."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    index = root / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [root / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that do not exist: {missing}")
+        return files
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files (and no {INDEX_FILE}) in {root}")
+    return files
+
+
+def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor of every shard, one shard open at a time."""
+    for file in checkpoint_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_into(param: nn.Parameter, tensor: torch.Tensor, shard_id, ckpt_name: str) -> None:
+    """Run the parameter's ``weight_loader``, naming the checkpoint tensor in any error."""
+    loader = getattr(param, "weight_loader", None)
+    if loader is None:
+        raise ValueError(f"parameter for checkpoint tensor {ckpt_name!r} has no weight_loader")
+    try:
+        loader(param, tensor, shard_id)
+    except ValueError as err:
+        raise ValueError(f"checkpoint tensor {ckpt_name!r}: {err}") from None

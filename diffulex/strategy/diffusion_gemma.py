@@ -1,0 +1,5 @@
+"""Strategy `diffusion_gemma`: registers its engine components."""
+
+from .base import register_strategy
+
+register_strategy("diffusion_gemma")

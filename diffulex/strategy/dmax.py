@@ -1,0 +1,5 @@
+"""Strategy `dmax`: registers its engine components."""
+
+from .base import register_strategy
+
+register_strategy("dmax")

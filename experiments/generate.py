@@ -1,0 +1,18 @@
+"""Compose a config, validate it and generate: ``python experiments/generate.py strategy=dmax model=llada2_mini``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from diffulex.integrations.experiment import run_experiment
+from diffulex.integrations.hydra_store import register_configs
+
+register_configs()  # the schemas must be in the ConfigStore before Hydra composes
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> float:
+    return run_experiment(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a venv (CPU torch) and run the test suite. Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/pip install -q -e ".[test]"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
+exec .venv/bin/python -m pytest -q "$@"
