@@ -8,13 +8,20 @@ which leaves no process, port or process group behind, and re-raises the origina
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import time
+from typing import Any, Optional, Sequence, Union
+
+import torch
 
 from ..config import Config
 from ..config.aliases import is_config_key
 from .components import EngineComponents
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
 from .workers import WorkerGroup
+from ..sampling_params import SamplingParams
+from .decide import decide, forbidden_tokens
+from .outputs import GenerationOutputs, StepRecord, Trajectory
+from .batch import pack_batch
 
 logger = logging.getLogger("diffulex.engine")
 
@@ -72,6 +79,158 @@ class DiffulexEngine:
             getattr(self.runner, "page_count", 0) or 1, config.cache.page_size, config.strategy.block_size,
             bool(config.cache.enable_prefix_caching))
         self.scheduler = self.components.scheduler(config, self.kv_cache_manager)
+        self._next_id = 0
+        self._step_index = 0
+        self._requests: dict[int, Any] = {}
+        self._forbidden: Optional[torch.Tensor] = None
+        self._generator = torch.Generator().manual_seed(config.runtime.seed)
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
+        """Queue one prompt (text or token ids); returns its request id."""
+        self._check_open()
+        if not isinstance(sampling_params, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("prompt is empty: pass at least one token")
+        vocab = self.config.checkpoint.vocab_size
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        limit = self.config.runtime.max_model_len
+        if len(ids) >= limit:
+            raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; shorten the prompt "
+                             "or raise max_model_len (up to the model's maximum)")
+        block = self.config.strategy.block_size
+        room = (limit // block) * block - len(ids)  # whole blocks must fit under max_model_len
+        if room < 1:
+            raise ValueError(f"prompt of {len(ids)} tokens leaves no whole block of {block} under "
+                             f"max_model_len={limit}")
+        if sampling_params.max_tokens > room:
+            sampling_params = SamplingParams(**{**vars(sampling_params), "max_tokens": room})
+        req = self.components.request(self._next_id, ids, sampling_params, self.config)
+        req.generator = (torch.Generator().manual_seed(sampling_params.seed)
+                         if sampling_params.seed is not None else self._generator)
+        req.arrival_s, req.first_token_s, req.records = time.perf_counter(), None, []
+        self._next_id += 1
+        self._requests[req.req_id] = req
+        self.scheduler.add(req)
+        return req.req_id
+
+    def abort_request(self, req_id: int) -> bool:
+        """Stop a queued or running request; False when it is unknown or already done."""
+        return self.scheduler.abort(req_id)
+
+    def is_finished(self) -> bool:
+        return self.scheduler.is_finished()
+
+    def step(self) -> list[Any]:
+        """Run one forward for the scheduled requests; returns the requests that finished."""
+        self._check_open()
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        t0 = time.perf_counter()
+        reqs = [r for r, _ in scheduled]
+        plans = [p for _, p in scheduled]
+        batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
+        logits = self.call_all("run", batch.input_ids, batch.positions, batch.meta)[0]
+        if self._forbidden is None:
+            self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
+        decisions = decide(batch, logits, reqs, self.config, self._forbidden)
+        elapsed = time.perf_counter() - t0
+        finished = []
+        for req, plan, accepted in zip(reqs, plans, decisions):
+            req.after_forward(plan)
+            if self.config.cache.enable_prefix_caching and plan.write_end > plan.start:
+                self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached)
+            if self._apply(req, plan, accepted, elapsed):
+                finished.append(req)
+        for req in finished:
+            self.scheduler.finish(req)
+        self._step_index += 1
+        return finished
+
+    def _apply(self, req: Any, plan: Any, accepted: list[tuple[int, int, float]], elapsed: float) -> bool:
+        """Write the decisions, commit blocks, check stop conditions; True when finished."""
+        for pos, tok, _ in accepted:
+            req.canvas[pos] = tok
+        if accepted and req.first_token_s is None:
+            req.first_token_s = time.perf_counter()
+        blocks = [{"index": b, "start": b * req.block_size, "masks": req.masks_in(b),
+                   "state": "active" if req.masks_in(b) else "committing"} for b in plan.blocks]
+        req.commit_ready_blocks(set(self.config.eos_token_ids))
+        record_all = self.config.runtime.record_trajectory
+        req.records.append(StepRecord(
+            step=self._step_index, time_s=elapsed, nfe=req.nfe, num_decided=len(accepted), num_edited=0,
+            num_remasked=0, masks_left=sum(b["masks"] for b in blocks), blocks=blocks,
+            decided=list(accepted) if record_all else []))
+        if not req.stopped:
+            self._check_limits(req)
+        if req.stopped:
+            req.finish(req.finish_reason)
+            req.finish_s = time.perf_counter()
+        return req.stopped
+
+    def _check_limits(self, req: Any) -> None:
+        sp = req.sampling_params
+        done = req.decided_output()
+        if sp.stop:
+            text = self.tokenizer.decode(done, skip_special_tokens=True)
+            if any(s in text for s in sp.stop):
+                req._stop(done, "stop")
+                return
+        run = sp.max_repetition_run
+        if run and len(done) >= run and len(set(done[-run:])) == 1:
+            req._stop(done, "repetition")
+            return
+        if sp.max_nfe is not None and req.nfe >= sp.max_nfe:
+            req._stop(done, "max_nfe")
+
+    def generate(self, prompts: Sequence[Union[str, Sequence[int]]],
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+                 use_tqdm: bool = False) -> GenerationOutputs:
+        """Decode every prompt to completion; trajectories in prompt order."""
+        self._check_open()
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise ValueError("prompts must be a non-empty list of strings or token-id lists")
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one or one each")
+        start = time.perf_counter()
+        ids = []
+        try:
+            for prompt, sp in zip(prompts, params):
+                ids.append(self.add_request(prompt, sp))
+            bar = _progress(len(ids), use_tqdm)
+            while not self.is_finished():
+                bar.update(len(self.step()))
+            bar.close()
+        except BaseException:
+            for req_id in ids:
+                self.abort_request(req_id)
+            raise
+        wall = time.perf_counter() - start
+        trajs = [self._trajectory(i, self._requests.pop(req_id)) for i, req_id in enumerate(ids)]
+        return GenerationOutputs(trajectories=trajs, wall_time_s=wall, prefill_time_s=0.0,
+                                 decode_time_s=wall, num_steps=self._step_index)
+
+    def _trajectory(self, index: int, req: Any) -> Trajectory:
+        tokens = req.output_token_ids if req.output_token_ids is not None else req.decided_output()
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in req.sampling_params.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        return Trajectory(index=index, prompt_token_ids=req.prompt_token_ids, token_ids=list(tokens), text=text,
+                          finish_reason=req.finish_reason or "aborted", nfe=req.nfe, steps=req.records,
+                          arrival_s=req.arrival_s, first_token_s=req.first_token_s,
+                          finish_s=getattr(req, "finish_s", time.perf_counter()))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this engine was shut down with exit(); build a new one")
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """Run ``runner.method(*args)`` on every rank; results in rank order."""
@@ -120,6 +279,22 @@ class DiffulexEngine:
                 self.exit()
             except Exception:  # interpreter shutdown: modules may already be gone
                 logger.debug("engine cleanup at garbage collection failed", exc_info=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generate", unit="req")
 
 
 def Diffulex(model: Any, **kwargs: Any) -> DiffulexEngine:

@@ -96,6 +96,17 @@ class ModelRunner:
         return [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
                  torch.zeros(shape, dtype=kv_dtype, device=self.device)) for _ in range(layers)]
 
+    # -- one forward ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+        """Forward the flat batch; logits [M, V] (float32) on rank 0, None elsewhere."""
+        dev = self.device
+        meta = type(meta)(**{k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
+                             for k, v in vars(meta).items()})
+        hidden = self.model(input_ids.to(dev), positions.to(dev), meta, self.kv_caches or None)  # [N, H]
+        logits = self.model.compute_logits(hidden[meta.logits_indices])  # [M, V]
+        return logits if self.parallel.is_driver else None
+
     # -- lifecycle ----------------------------------------------------------------------
     def ping(self) -> int:
         """Round-trip check used by tests: this runner's rank."""

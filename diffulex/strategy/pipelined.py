@@ -1,0 +1,136 @@
+"""Block-diffusion request state for ``multi_bd`` and ``d2f`` (blocks pipelined in a buffer).
+
+Blocks of B tokens are aligned at absolute position 0; the first block decoded is the one
+holding the prompt's tail (its prompt tokens fixed). Up to ``buffer_size`` consecutive
+blocks are in flight; a block whose positions are all decided commits in order, and its
+KV is written by the next forward from its *final* tokens (fused with that forward's
+decoding). ``multi_bd`` is block-causal everywhere (the prompt tail is recomputed with its
+block); ``d2f`` attends the prompt bidirectionally, so the whole prompt is written once at
+prefill. See docs/strategies.md for the exact rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.request import Request
+
+
+@dataclass
+class StepPlan:
+    """What one request contributes to a forward: tokens [start, end) of its canvas."""
+
+    start: int  # = num_cached: first position not in the KV cache
+    end: int  # end of the last in-flight block
+    write_end: int  # positions [start, write_end) are final and get their KV written
+    query_start: int  # logits are needed for positions [query_start, end) (blocks in flight)
+    blocks: list[int]  # in-flight block indices, in order
+    forced: list[bool]  # per in-flight block: must accept at least its best mask
+
+
+class BlockRequest(Request):
+    """A request decoded block by block with a buffer of blocks in flight."""
+
+    def __init__(self, req_id: int, prompt_token_ids: list[int], sampling_params: Any, config: Any) -> None:
+        super().__init__(req_id, prompt_token_ids, sampling_params, config)
+        s = config.strategy
+        self.block_size: int = s.block_size
+        self.buffer_size: int = s.buffer_size
+        self.prefix_full: bool = bool(s.multi_block_prefix_full)
+        self.mask_id: int = config.model.mask_token_id
+        self.canvas: list[int] = list(prompt_token_ids)
+        self.inflight: list[int] = []
+        self.num_cached = 0
+        self.stopped = False
+        self.output_token_ids: list[int] | None = None
+        self._open_block(self.num_prompt_tokens // self.block_size)
+
+    # -- geometry -------------------------------------------------------------------
+    @property
+    def target_end(self) -> int:
+        """Last position (exclusive) the request must generate."""
+        return self.num_prompt_tokens + self.sampling_params.max_tokens
+
+    def block_span(self, b: int) -> tuple[int, int]:
+        return b * self.block_size, (b + 1) * self.block_size
+
+    def masks_in(self, b: int) -> int:
+        lo, hi = self.block_span(b)
+        return sum(1 for t in self.canvas[lo:hi] if t == self.mask_id)
+
+    def decided_fraction(self, b: int) -> float:
+        return 1.0 - self.masks_in(b) / self.block_size
+
+    @property
+    def committed_end(self) -> int:
+        """Positions before this are final: full blocks before the first in flight (d2f: the prompt too)."""
+        first = self.block_span(self.inflight[0])[0] if self.inflight else len(self.canvas)
+        return max(first, self.num_prompt_tokens) if self.prefix_full else first
+
+    def key_hi(self, position: int) -> int:
+        """Exclusive bound of the key positions a query at ``position`` attends to."""
+        if self.prefix_full and position < self.num_prompt_tokens:
+            return self.num_prompt_tokens
+        return (position // self.block_size + 1) * self.block_size
+
+    def _open_block(self, b: int) -> None:
+        lo, hi = self.block_span(b)
+        self.canvas.extend([self.mask_id] * (hi - len(self.canvas)))
+        self.inflight.append(b)
+
+    # -- one step ----------------------------------------------------------------------
+    def plan(self, config: Any) -> StepPlan:
+        """Add a block if the pipeline rule allows, then describe this step's forward."""
+        s = config.strategy
+        last = self.inflight[-1]
+        if (len(self.inflight) < self.buffer_size and not self.stopped
+                and self.block_span(last)[1] < self.target_end
+                and self.decided_fraction(last) >= s.add_block_threshold):
+            self._open_block(last + 1)
+        fractions = [self.decided_fraction(b) for b in self.inflight]
+        forced = [i == 0 or fractions[i - 1] >= s.semi_complete_threshold for i in range(len(self.inflight))]
+        end = self.block_span(self.inflight[-1])[1]
+        write_end = self.committed_end
+        query_start = max(self.block_span(self.inflight[0])[0], write_end)
+        return StepPlan(self.num_cached, end, write_end, query_start, list(self.inflight), forced)
+
+    def after_forward(self, plan: StepPlan) -> None:
+        """The forward wrote the KV of [start, write_end)."""
+        self.num_cached = max(self.num_cached, plan.write_end)
+        self.nfe += 1
+
+    def commit_ready_blocks(self, eos_ids: set[int]) -> None:
+        """Commit leading blocks that have no mask left; stop on EOS or length."""
+        while self.inflight and self.masks_in(self.inflight[0]) == 0:
+            b = self.inflight.pop(0)
+            block_end = self.block_span(b)[1]
+            generated = self.canvas[self.num_prompt_tokens:min(block_end, self.target_end)]
+            if not self.sampling_params.ignore_eos:
+                for i, t in enumerate(generated):
+                    if t in eos_ids:
+                        self._stop(generated[: i + 1], "eos")
+                        return
+            if block_end >= self.target_end:
+                self._stop(generated, "length")
+                return
+            if not self.inflight:
+                self._open_block(b + 1)
+
+    def _stop(self, token_ids: list[int], reason: str) -> None:
+        self.stopped = True
+        self.output_token_ids = list(token_ids)
+        self.finish_reason = reason
+
+    def decided_output(self) -> list[int]:
+        """Generated tokens decided so far, up to the first undecided position."""
+        out = []
+        for t in self.canvas[self.num_prompt_tokens:self.target_end]:
+            if t == self.mask_id:
+                break
+            out.append(t)
+        return out
+
+    def preempt(self) -> None:
+        """Lose the KV cache; the canvas and blocks stay, so decoding resumes exactly."""
+        self.num_cached = 0
