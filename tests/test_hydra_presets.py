@@ -211,9 +211,10 @@ def _run_generate(tmp_path, tiny_root, *overrides):
 
 
 def test_generate_script_prints_normalized_config(tmp_path, tiny_root):
-    proc = _run_generate(tmp_path, tiny_root, "strategy=d2f", "model=tiny_llada")
+    proc = _run_generate(tmp_path, tiny_root, "strategy=d2f", "model=tiny_llada2",
+                         "experiment.sampling_params.max_tokens=8")
     assert proc.returncode == 0, proc.stderr
-    printed = yaml.safe_load(proc.stdout[proc.stdout.index("model:"):])
+    printed = yaml.safe_load((tmp_path / "run" / "config.normalized.yaml").read_text())
     assert printed["strategy"]["name"] == "d2f"
     assert printed["strategy"]["buffer_size"] == 4
     assert printed["strategy"]["multi_block_prefix_full"] is True

@@ -32,7 +32,7 @@ class BlockScheduler(Scheduler):
                 continue
             if self.window_bound(req) > budget:
                 continue
-            plan = self._plan_with_pages(req)
+            plan = self._plan_with_pages(req, protected=[r for r, _ in scheduled])
             if plan is None:
                 continue
             budget -= plan.end - plan.start
@@ -42,7 +42,7 @@ class BlockScheduler(Scheduler):
             if self.window_bound(req) > budget and scheduled:
                 break
             self._reuse_prefix(req)
-            plan = self._plan_with_pages(req, may_preempt=False)
+            plan = self._plan_with_pages(req, protected=[], may_preempt=False)
             if plan is None:
                 self.kv_cache_manager.free(req.page_table)
                 req.num_cached = 0
@@ -64,13 +64,14 @@ class BlockScheduler(Scheduler):
         req.page_table.extend(pages)
         req.num_cached = n
 
-    def _plan_with_pages(self, req: Any, may_preempt: bool = True) -> Any:
+    def _plan_with_pages(self, req: Any, protected: list[Any], may_preempt: bool = True) -> Any:
+        """Plan ``req``'s step and get its pages, preempting unscheduled requests if needed."""
         plan = req.plan(self.config)
         kv = self.kv_cache_manager
         while not kv.allocate(req.page_table, plan.write_end):
-            victims = [r for r in self.running if r is not req]
+            victims = [r for r in self.running if r is not req and r not in protected]
             if not may_preempt or not victims:
-                if not victims and req in self.running and not kv.can_allocate([], plan.write_end):
+                if not victims and not protected and not kv.can_allocate([], plan.write_end):
                     raise ValueError(f"cache: one request needs {kv.num_pages_needed([], plan.write_end)} KV pages "
                                      f"but the cache holds {kv.num_pages}; raise cache.num_pages / memory")
                 if req in self.running:

@@ -89,6 +89,9 @@ class DiffulexEngine:
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
         """Queue one prompt (text or token ids); returns its request id."""
         self._check_open()
+        if not hasattr(self.components.request, "plan"):
+            raise ValueError(f"strategy {self.config.strategy.name.value!r} has no decode loop yet in this "
+                             "version; use decoding_strategy='multi_bd' or 'd2f'")
         if not isinstance(sampling_params, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
