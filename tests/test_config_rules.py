@@ -145,8 +145,7 @@ def test_relative_path_resolves_against_model_root(tiny_path, tmp_path):
     ({"token_merge_top_k": 2}, "not an option of strategy 'multi_bd'"),  # a dmax knob on multi_bd
     ({"edit_threshold": 0.5}, "not an option of sampling mode 'naive'"),
 ])
-def test_invalid_values_are_value_errors_naming_the_field(tiny_path, kwargs, pattern, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_invalid_values_are_value_errors_naming_the_field(tiny_path, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern) as info:
         Config(tiny_path("llada2"), **kwargs)
     assert "allowed" in str(info.value) or "options" in str(info.value)
@@ -235,3 +234,14 @@ def test_to_dict_is_plain_data(tiny_path):
     data = Config(tiny_path("dream")).to_dict()
     assert data["strategy"]["name"] == "d2f"
     _json.dumps(data)  # no enums or objects left
+
+
+def test_lora_adapter_is_refused_by_the_engine_not_ignored(tiny_path, tmp_path):
+    from diffulex import Diffulex
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["query_key_value"]}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="LoRA adapters is not implemented"):
+        Diffulex(tiny_path("llada2"), lora_path=str(adapter))

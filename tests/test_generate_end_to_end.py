@@ -53,6 +53,8 @@ def test_trajectory_records_rebuild_when_each_position_was_decided(tiny_path, tm
         assert history[3 + i]["token"] == tok
     assert sum(s.num_decided for s in traj.steps) >= len(traj.token_ids)
     assert traj.nfe == len(traj.steps) and traj.nfe < len(traj.token_ids)  # threshold 0: many per step
+    # The first forward is the prefill; later ones are decode steps, timed apart.
+    assert out.prefill_time_s > 0 and out.decode_time_s > 0 and out.num_steps == traj.nfe
     out.save_jsonl(tmp_path / "t.jsonl")
     assert GenerationOutputs.load_jsonl(tmp_path / "t.jsonl") == out
 

@@ -99,10 +99,10 @@ def validate_runtime(cfg: "Config", facts: Any, notes: Notes) -> None:
         raise config_error("runtime.enforce_eager", False, "True on CPU (CUDA graphs need CUDA)",
                            "leave enforce_eager unset or set it to True")
     if rt.kernels == KernelBackend.AUTO:
-        rt.kernels = KernelBackend.TRITON if on_cuda else KernelBackend.TORCH
-    if rt.kernels == KernelBackend.TRITON and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise config_error("runtime.kernels", "triton", "'torch' on CPU (or set TRITON_INTERPRET=1)",
-                           "use kernels='torch' or 'auto' on CPU")
+        rt.kernels = KernelBackend.TORCH  # the only backend this version ships
+    if rt.kernels == KernelBackend.TRITON:
+        raise config_error("runtime.kernels", "triton", "'torch' or 'auto' (no Triton kernels in this version)",
+                           "use kernels='auto'")
     limit = facts.max_position_embeddings
     if rt.max_model_len is None:
         rt.max_model_len = limit

@@ -84,6 +84,8 @@ class DiffulexEngine:
         self._requests: dict[int, Any] = {}
         self._forbidden: Optional[torch.Tensor] = None
         self._generator = torch.Generator().manual_seed(config.runtime.seed)
+        self.prefill_time_s = 0.0  # wall time of steps in which some request ran its first forward
+        self.decode_time_s = 0.0
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
@@ -142,6 +144,10 @@ class DiffulexEngine:
             self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
         decisions = decide(batch, logits, reqs, self.config, self._forbidden)
         elapsed = time.perf_counter() - t0
+        if any(req.nfe == 0 for req in reqs):
+            self.prefill_time_s += elapsed
+        else:
+            self.decode_time_s += elapsed
         finished = []
         for req, plan, accepted in zip(reqs, plans, decisions):
             req.after_forward(plan)
@@ -203,6 +209,7 @@ class DiffulexEngine:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one or one each")
         start = time.perf_counter()
+        prefill0, decode0, steps0 = self.prefill_time_s, self.decode_time_s, self._step_index
         ids = []
         try:
             for prompt, sp in zip(prompts, params):
@@ -217,8 +224,9 @@ class DiffulexEngine:
             raise
         wall = time.perf_counter() - start
         trajs = [self._trajectory(i, self._requests.pop(req_id)) for i, req_id in enumerate(ids)]
-        return GenerationOutputs(trajectories=trajs, wall_time_s=wall, prefill_time_s=0.0,
-                                 decode_time_s=wall, num_steps=self._step_index)
+        return GenerationOutputs(trajectories=trajs, wall_time_s=wall,
+                                 prefill_time_s=self.prefill_time_s - prefill0,
+                                 decode_time_s=self.decode_time_s - decode0, num_steps=self._step_index - steps0)
 
     def _trajectory(self, index: int, req: Any) -> Trajectory:
         tokens = req.output_token_ids if req.output_token_ids is not None else req.decided_output()

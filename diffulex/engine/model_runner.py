@@ -50,6 +50,9 @@ class ModelRunner:
         from ..layers.parallel import TPGroup
         from ..registry import AutoModel
 
+        if self.config.lora.enabled:
+            raise ValueError(f"lora.path={self.config.lora.path!r}: applying LoRA adapters is not implemented in "
+                             "this version; run without the adapter (or merge it into the checkpoint first)")
         model_cls = AutoModel.get(self.config.family)
         tp = TPGroup(self.parallel.tp_rank, self.parallel.tp_size, self.parallel.tp_group)
         with torch.device(self.device):
