@@ -35,8 +35,10 @@ def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[st
 class DiffulexEngine:
     """An inference engine for one checkpoint, strategy and topology. Use ``with`` or ``exit()``."""
 
-    def __init__(self, model: Any, *, components: Optional[EngineComponents] = None, **kwargs: Any) -> None:
+    def __init__(self, model: Any, *, components: Optional[EngineComponents] = None,
+                 observers: Sequence[Any] = (), **kwargs: Any) -> None:
         self._closed = False
+        self.observers = list(observers)
         self.workers: Optional[WorkerGroup] = None
         self.runner: Any = None
         self.scheduler: Any = None
@@ -170,10 +172,13 @@ class DiffulexEngine:
                    "state": "active" if req.masks_in(b) else "committing"} for b in plan.blocks]
         req.commit_ready_blocks(set(self.config.eos_token_ids))
         record_all = self.config.runtime.record_trajectory
-        req.records.append(StepRecord(
+        record = StepRecord(
             step=self._step_index, time_s=elapsed, nfe=req.nfe, num_decided=len(accepted), num_edited=0,
             num_remasked=0, masks_left=sum(b["masks"] for b in blocks), blocks=blocks,
-            decided=list(accepted) if record_all else []))
+            decided=list(accepted) if record_all else [])
+        req.records.append(record)
+        for obs in self.observers:
+            obs.on_step(req.req_id, record)
         if not req.stopped:
             self._check_limits(req)
         if req.stopped:
@@ -224,9 +229,14 @@ class DiffulexEngine:
             raise
         wall = time.perf_counter() - start
         trajs = [self._trajectory(i, self._requests.pop(req_id)) for i, req_id in enumerate(ids)]
-        return GenerationOutputs(trajectories=trajs, wall_time_s=wall,
+        outputs = GenerationOutputs(trajectories=trajs, wall_time_s=wall,
                                  prefill_time_s=self.prefill_time_s - prefill0,
                                  decode_time_s=self.decode_time_s - decode0, num_steps=self._step_index - steps0)
+        for obs in self.observers:
+            for traj in trajs:
+                obs.on_request_finished(traj)
+            obs.on_generate_end(outputs)
+        return outputs
 
     def _trajectory(self, index: int, req: Any) -> Trajectory:
         tokens = req.output_token_ids if req.output_token_ids is not None else req.decided_output()
@@ -263,6 +273,11 @@ class DiffulexEngine:
         if self._closed:
             return
         self._closed = True
+        for obs in getattr(self, "observers", []):
+            try:
+                obs.close()
+            except Exception:
+                logger.exception("observer %r failed to close", obs)
         runner, self.runner = self.runner, None
         workers, self.workers = self.workers, None
         parallel, self.parallel = self.parallel, None
