@@ -19,7 +19,7 @@ from .components import EngineComponents
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
 from .workers import WorkerGroup
 from ..sampling_params import SamplingParams
-from .decide import decide, forbidden_tokens
+from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
 
@@ -55,7 +55,7 @@ class DiffulexEngine:
                 self.config = model
             else:
                 self.config = Config(model, **config_kwargs)
-            self.components = components or EngineComponents.for_strategy(self.config.strategy.name.value)
+            self.components = components or EngineComponents.for_config(self.config)
             self._start()
         except BaseException:
             self.exit()
@@ -81,6 +81,7 @@ class DiffulexEngine:
             getattr(self.runner, "page_count", 0) or 1, config.cache.page_size, config.strategy.block_size,
             bool(config.cache.enable_prefix_caching))
         self.scheduler = self.components.scheduler(config, self.kv_cache_manager)
+        self.sampler = self.components.sampler(config) if self.components.sampler is not None else None
         self._next_id = 0
         self._step_index = 0
         self._requests: dict[int, Any] = {}
@@ -93,7 +94,7 @@ class DiffulexEngine:
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
         """Queue one prompt (text or token ids); returns its request id."""
         self._check_open()
-        if not hasattr(self.components.request, "plan"):
+        if not hasattr(self.components.request, "plan") or self.sampler is None:
             raise ValueError(f"strategy {self.config.strategy.name.value!r} has no decode loop yet in this "
                              "version; use decoding_strategy='multi_bd' or 'd2f'")
         if not isinstance(sampling_params, SamplingParams):
@@ -144,38 +145,38 @@ class DiffulexEngine:
         logits = self.call_all("run", batch.input_ids, batch.positions, batch.meta)[0]
         if self._forbidden is None:
             self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
-        decisions = decide(batch, logits, reqs, self.config, self._forbidden)
+        decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
         elapsed = time.perf_counter() - t0
         if any(req.nfe == 0 for req in reqs):
             self.prefill_time_s += elapsed
         else:
             self.decode_time_s += elapsed
         finished = []
-        for req, plan, accepted in zip(reqs, plans, decisions):
+        for req, plan, decision in zip(reqs, plans, decisions):
             req.after_forward(plan)
             if self.config.cache.enable_prefix_caching and plan.write_end > plan.start:
                 self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached)
-            if self._apply(req, plan, accepted, elapsed):
+            if self._apply(req, plan, decision, elapsed):
                 finished.append(req)
         for req in finished:
             self.scheduler.finish(req)
         self._step_index += 1
         return finished
 
-    def _apply(self, req: Any, plan: Any, accepted: list[tuple[int, int, float]], elapsed: float) -> bool:
-        """Write the decisions, commit blocks, check stop conditions; True when finished."""
-        for pos, tok, _ in accepted:
-            req.canvas[pos] = tok
-        if accepted and req.first_token_s is None:
+    def _apply(self, req: Any, plan: Any, decision: Any, elapsed: float) -> bool:
+        """Write the decision, commit blocks, check stop conditions; True when finished."""
+        req.apply(decision)
+        if decision.fills and req.first_token_s is None:
             req.first_token_s = time.perf_counter()
-        blocks = [{"index": b, "start": b * req.block_size, "masks": req.masks_in(b),
-                   "state": "active" if req.masks_in(b) else "committing"} for b in plan.blocks]
+        blocks = req.block_states(plan)
         req.commit_ready_blocks(set(self.config.eos_token_ids))
         record_all = self.config.runtime.record_trajectory
         record = StepRecord(
-            step=self._step_index, time_s=elapsed, nfe=req.nfe, num_decided=len(accepted), num_edited=0,
-            num_remasked=0, masks_left=sum(b["masks"] for b in blocks), blocks=blocks,
-            decided=list(accepted) if record_all else [])
+            step=self._step_index, time_s=elapsed, nfe=req.nfe, num_decided=len(decision.fills),
+            num_edited=len(decision.edits), num_remasked=len(decision.remasks),
+            masks_left=sum(b["masks"] for b in blocks), blocks=blocks,
+            decided=list(decision.fills) if record_all else [], edited=list(decision.edits) if record_all else [],
+            remasked=list(decision.remasks) if record_all else [])
         req.records.append(record)
         for obs in self.observers:
             obs.on_step(req.req_id, record)

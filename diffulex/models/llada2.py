@@ -10,8 +10,8 @@ stays a short, readable table.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,20 +25,11 @@ from diffulex.layers.moe import GroupLimitedSigmoidRouter, StackedExperts
 from diffulex.layers.norm import RMSNorm
 from diffulex.layers.parallel import TPGroup
 from diffulex.layers.rotary import RotaryEmbedding
-from diffulex.models.weights import iter_checkpoint, load_into
+from diffulex.models.base import DiffusionLM, Layout, check_default_rope, gated_mlp_layout
+from diffulex.models.base import cfg_get as _cfg_get
 from diffulex.registry import AutoModel
 
-_REQUIRED = object()
-# Checkpoint aliases: some LLaDA2 exports name the router bias after DeepSeek-V3.
-_ALIASES = {"e_score_correction_bias": "expert_bias"}
-
-
-def cfg_get(cfg: Any, name: str, default: Any = _REQUIRED) -> Any:
-    """Read field ``name`` of an HF config object or dict; ValueError if required and absent."""
-    value = cfg.get(name, default) if isinstance(cfg, dict) else getattr(cfg, name, default)
-    if value is _REQUIRED:
-        raise ValueError(f"LLaDA2 config: required field {name!r} is missing")
-    return value
+cfg_get = partial(_cfg_get, family="LLaDA2")
 
 
 class LLaDA2Attention(nn.Module):
@@ -145,18 +136,20 @@ class LLaDA2Model(nn.Module):
 
 
 @AutoModel.register("llada2")
-class LLaDA2MoeForDiffusion(nn.Module):
+class LLaDA2MoeForDiffusion(DiffusionLM):
     """LLaDA2 MoE over a flat varlen batch described by :class:`AttentionMetadata`.
 
     ``forward`` returns final-norm hidden states of every query token; ``compute_logits``
     projects the rows the caller picked (usually ``hidden[meta.logits_indices]``).
     """
 
+    family_label = "LLaDA2"
+    # Some LLaDA2 exports name the router bias after DeepSeek-V3.
+    checkpoint_aliases = {"e_score_correction_bias": "expert_bias"}
+
     def __init__(self, hf_config: Any, tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
-        rope_scaling = cfg_get(hf_config, "rope_scaling", None)
-        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) != "default":
-            raise ValueError(f"LLaDA2 config: rope_scaling {rope_scaling!r} is not supported")
+        check_default_rope(hf_config, "LLaDA2")
         self.config = hf_config
         self.tp = tp
         self.dtype = dtype
@@ -170,36 +163,16 @@ class LLaDA2MoeForDiffusion(nn.Module):
         """Token embeddings ``[N, H]`` (strategies mix these into soft inputs)."""
         return self.model.word_embeddings(input_ids)
 
-    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_caches: list[KVCache] | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states after the final norm, ``[N, H]``; exactly one of ids / embeds is given."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("LLaDA2MoeForDiffusion.forward: pass exactly one of input_ids and inputs_embeds")
-        layers = self.model.layers
-        if kv_caches is not None and len(kv_caches) != len(layers):
-            raise ValueError(f"kv_caches has {len(kv_caches)} entries for {len(layers)} layers")
-        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)  # [N, H]
-        for i, layer in enumerate(layers):
-            h = layer(h, positions, meta, kv_caches[i] if kv_caches is not None else None)
-        return self.model.norm(h)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits ``[M, V]`` in float32 for hidden rows ``[M, H]``."""
-        return self.lm_head(hidden).float()
-
-    def checkpoint_layout(self) -> tuple[dict[str, tuple[str, Any]], dict[str, tuple[str, Any]]]:
+    def checkpoint_layout(self) -> tuple[Layout, Layout]:
         """``(required, optional)`` maps: real checkpoint name -> (parameter name, shard_id)."""
         cfg = self.config
-        req: dict[str, tuple[str, Any]] = {}
+        req: Layout = {}
 
         def same(name: str) -> None:
             req[name] = (name, None)
 
         def gated_mlp(ckpt: str, mod: str) -> None:
-            req[f"{ckpt}.gate_proj.weight"] = (f"{mod}.gate_up_proj.weight", 0)
-            req[f"{ckpt}.up_proj.weight"] = (f"{mod}.gate_up_proj.weight", 1)
-            same(f"{mod}.down_proj.weight")
+            req.update(gated_mlp_layout(ckpt, mod))
 
         same("model.word_embeddings.weight")
         same("model.norm.weight")
@@ -220,40 +193,13 @@ class LLaDA2MoeForDiffusion(nn.Module):
                     req[f"{p}.mlp.experts.{e}.{part}_proj.weight"] = (f"{p}.mlp.experts.{param}", (e, part))
             if layer.mlp.shared_experts is not None:
                 gated_mlp(f"{p}.mlp.shared_experts", f"{p}.mlp.shared_experts")
-        optional: dict[str, tuple[str, Any]] = {}
+        optional: Layout = {}
         if self.tie_word_embeddings:
             optional["lm_head.weight"] = ("model.word_embeddings.weight", None)
         else:
             same("lm_head.weight")
         return req, optional
 
-    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load ``(checkpoint name, full tensor)`` pairs; ValueError on unknown, missing or misshapen tensors."""
-        required, optional = self.checkpoint_layout()
-        params = dict(self.named_parameters())
-        seen: dict[str, str] = {}
-        for name, tensor in tensors:
-            if name.endswith("rotary_emb.inv_freq"):
-                continue  # a recomputed buffer some exports include
-            canon = name
-            for old, new in _ALIASES.items():
-                canon = canon.replace(old, new)
-            target = required.get(canon) or optional.get(canon)
-            if target is None:
-                raise ValueError(f"unexpected checkpoint tensor {name!r}: no LLaDA2 parameter maps to it")
-            if canon in seen:
-                raise ValueError(f"checkpoint tensor {name!r} duplicates {seen[canon]!r}")
-            seen[canon] = name
-            load_into(params[target[0]], tensor, target[1], name)
-        missing = sorted(set(required) - set(seen))
-        if missing:
-            raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), first: {missing[:5]}")
-        covered = {required.get(c, optional.get(c))[0] for c in seen}
-        bias_off = not cfg_get(self.config, "moe_router_enable_expert_bias", True)
-        unloaded = sorted(n for n in params if n not in covered and not (bias_off and n.endswith("expert_bias")))
-        if unloaded:
-            raise ValueError(f"parameters left unloaded: {unloaded[:5]}")
-
-    def load_weights(self, path: str | Path) -> None:
-        """Load every safetensors shard under ``path`` (via the index when present)."""
-        self.load_named_tensors(iter_checkpoint(path))
+    def may_stay_unloaded(self, param_name: str) -> bool:
+        """The router bias keeps its zeros when the config turns it off."""
+        return param_name.endswith("expert_bias") and not cfg_get(self.config, "moe_router_enable_expert_bias", True)

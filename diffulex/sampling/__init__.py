@@ -1,6 +1,11 @@
-"""What a step decides: token choice and confidence, then which masks to accept."""
+"""What a step decides: token choice and confidence, then which positions change.
 
+Importing this package registers the built-in samplers (``AutoSampler``).
+"""
+
+from . import naive  # noqa: F401  (registers)
 from .accept import accept_masks
+from .base import Decision, Sampler
 from .select import SelectionParams, select_tokens
 
-__all__ = ["SelectionParams", "accept_masks", "select_tokens"]
+__all__ = ["Decision", "Sampler", "SelectionParams", "accept_masks", "select_tokens"]

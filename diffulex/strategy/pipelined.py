@@ -95,6 +95,24 @@ class BlockRequest(Request):
         query_start = max(self.block_span(self.inflight[0])[0], write_end)
         return StepPlan(self.num_cached, end, write_end, query_start, list(self.inflight), forced)
 
+    def apply(self, decision: Any) -> None:
+        """Write fills and edits into the canvas; re-masked positions become masks again."""
+        for pos, tok, _ in decision.fills:
+            self.canvas[pos] = tok
+        for pos, _old, new, _ in decision.edits:
+            self.canvas[pos] = new
+        for pos in decision.remasks:
+            self.canvas[pos] = self.mask_id
+
+    def block_states(self, plan: StepPlan) -> list[dict]:
+        """One summary per block of this step (for step records)."""
+        out = []
+        for b in plan.blocks:
+            masks = self.masks_in(b)
+            out.append({"index": b, "start": b * self.block_size, "masks": masks,
+                        "state": "active" if masks else "committing"})
+        return out
+
     def after_forward(self, plan: StepPlan) -> None:
         """The forward wrote the KV of [start, write_end)."""
         self.num_cached = max(self.num_cached, plan.write_end)

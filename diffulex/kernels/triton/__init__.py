@@ -1,0 +1,15 @@
+"""Triton kernels for CUDA, one file per op; each mirrors a plain-PyTorch op in ``kernels/reference``.
+
+Nothing here is imported unless :func:`diffulex.kernels.get_ops` picks the Triton backend
+(or a test imports it), so CPU-only use never loads Triton. With ``TRITON_INTERPRET=1``
+set before Triton is imported, every kernel also runs on CPU tensors (slowly): that is how
+the CPU tests check them.
+"""
+
+from diffulex.kernels.triton.fused_moe import fused_moe
+from diffulex.kernels.triton.greedy_confidence import greedy_confidence
+from diffulex.kernels.triton.moe_router import group_limited_topk
+from diffulex.kernels.triton.paged_attention import paged_attention
+from diffulex.kernels.triton.store_kvcache import store_kvcache
+
+__all__ = ["fused_moe", "greedy_confidence", "group_limited_topk", "paged_attention", "store_kvcache"]
