@@ -1,9 +1,8 @@
 """Pack the scheduled requests of one step into a flat varlen batch.
 
-Every request contributes the tokens [plan.start, plan.end) of its canvas: first the
-final tokens whose KV this forward writes ([start, write_end)), then its blocks in flight.
-The result carries one explicit :class:`AttentionMetadata` and, for the sampler, which
-logits row belongs to which request, position and block.
+Every request contributes the tokens [plan.start, plan.end) of its canvas. The result
+carries one explicit :class:`AttentionMetadata` and, for the sampler, which logits row
+belongs to which request, position and block (with the block's forcing and quota).
 """
 
 from __future__ import annotations
@@ -25,45 +24,55 @@ class StepBatch:
     meta: AttentionMetadata
     row_request: torch.Tensor  # [M] index into the step's request list
     row_position: torch.Tensor  # [M] absolute position predicted by the row
+    row_token: torch.Tensor  # [M] the canvas token currently at that position
     row_block: torch.Tensor  # [M] global in-flight block index of the row (0..NB-1)
     block_forced: torch.Tensor  # [NB] bool
+    block_quota: torch.Tensor  # [NB] long; -1 = threshold rule
     block_request: torch.Tensor  # [NB] index into the step's request list
+
+
+def _long(xs: list[int]) -> torch.Tensor:
+    return torch.tensor(xs, dtype=torch.long)
 
 
 def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manager: Any) -> StepBatch:
     """Build the batch for ``reqs`` (each with its ``plan``); page tables must cover write_end."""
     ids, pos, slots, key_hi, cu, ctx = [], [], [], [], [0], []
-    logits_idx, row_req, row_pos, row_block, blk_forced, blk_req = [], [], [], [], [], []
+    logits_idx, row_req, row_pos, row_tok, row_block, blk_forced, blk_quota, blk_req = ([] for _ in range(8))
     for r, (req, plan) in enumerate(zip(reqs, plans)):
         base = len(ids)
-        span = range(plan.start, plan.end)
         ids.extend(req.canvas[plan.start:plan.end])
-        pos.extend(span)
-        key_hi.extend(req.key_hi(p) for p in span)
-        writes = kv_cache_manager.slots(req.page_table, plan.start, plan.write_end) if plan.write_end > plan.start else []
-        slots.extend(writes + [-1] * (plan.end - max(plan.write_end, plan.start)))
+        pos.extend(range(plan.start, plan.end))
+        key_hi.extend(req.key_hi(p) for p in range(plan.start, plan.end))
+        lo, hi = max(plan.write_start, plan.start), plan.write_end
+        writes = kv_cache_manager.slots(req.page_table, lo, hi) if hi > lo else []
+        slots.extend([-1] * (lo - plan.start) + writes + [-1] * (plan.end - max(hi, lo)))
         cu.append(len(ids))
         ctx.append(plan.start)
         first_block = len(blk_forced)
-        for b, forced in zip(plan.blocks, plan.forced):
-            blk_forced.append(forced)
-            blk_req.append(r)
-        block_start0 = plan.blocks[0] * req.block_size
-        for p in range(plan.query_start, plan.end):
-            logits_idx.append(base + p - plan.start)
+        blk_forced.extend(plan.forced)
+        blk_quota.extend(plan.quota or [-1] * len(plan.spans))
+        blk_req.extend([r] * len(plan.spans))
+        span_index = 0
+        for p in plan.query_positions():
+            while p >= plan.spans[span_index][1]:
+                span_index += 1
+            if p < plan.spans[span_index][0]:
+                continue  # a gap between spans (not produced by the built-in strategies)
+            logits_idx.append(base + p - int(plan.shift) - plan.start)
             row_req.append(r)
             row_pos.append(p)
-            row_block.append(first_block + (p - block_start0) // req.block_size)
+            row_tok.append(req.canvas[p])
+            row_block.append(first_block + span_index)
     max_pages = max(1, max(len(req.page_table) for req in reqs))
     table = torch.full((len(reqs), max_pages), -1, dtype=torch.long)
     for r, req in enumerate(reqs):
         if req.page_table:
-            table[r, : len(req.page_table)] = torch.tensor(req.page_table)
-    long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+            table[r, : len(req.page_table)] = _long(req.page_table)
     n = len(ids)
     meta = AttentionMetadata(
-        cu_seqlens_q=long(cu), positions=long(pos), context_lens=long(ctx), page_table=table,
-        slot_mapping=long(slots), key_lo=torch.zeros(n, dtype=torch.long), key_hi=long(key_hi),
-        cache_only=torch.zeros(len(reqs), dtype=torch.bool), logits_indices=long(logits_idx), page_size=page_size)
-    return StepBatch(long(ids), long(pos), meta, long(row_req), long(row_pos), long(row_block),
-                     torch.tensor(blk_forced, dtype=torch.bool), long(blk_req))
+        cu_seqlens_q=_long(cu), positions=_long(pos), context_lens=_long(ctx), page_table=table,
+        slot_mapping=_long(slots), key_lo=torch.zeros(n, dtype=torch.long), key_hi=_long(key_hi),
+        cache_only=torch.zeros(len(reqs), dtype=torch.bool), logits_indices=_long(logits_idx), page_size=page_size)
+    return StepBatch(_long(ids), _long(pos), meta, _long(row_req), _long(row_pos), _long(row_tok), _long(row_block),
+                     torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req))

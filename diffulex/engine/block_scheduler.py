@@ -19,9 +19,8 @@ class BlockScheduler(Scheduler):
     """Continuous batching of :class:`~diffulex.strategy.pipelined.BlockRequest` objects."""
 
     def window_bound(self, req: Any) -> int:
-        """Tokens the request may feed next step at most (its window plus one new block)."""
-        last = req.inflight[-1] if req.inflight else 0
-        return (last + 2) * req.block_size - req.num_cached
+        """Tokens the request may feed next step at most."""
+        return req.step_token_bound()
 
     def schedule(self) -> list[tuple[Any, Any]]:
         rt = self.config.runtime

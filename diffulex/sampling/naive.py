@@ -21,8 +21,7 @@ class NaiveSampler(Sampler):
         cfg = self.config
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
                                      cfg.sampling.confidence)  # [M], [M]
-        current = batch.input_ids.to(dev)[batch.meta.logits_indices.to(dev)]  # [M]
-        is_mask = current == cfg.model.mask_token_id
+        is_mask = batch.row_token.to(dev) == cfg.model.mask_token_id  # [M]
         threshold = torch.full(batch.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
         accept = accept_masks(conf, is_mask, batch.row_block.to(dev), batch.block_forced.to(dev), threshold)
         rows = accept.nonzero().squeeze(1)

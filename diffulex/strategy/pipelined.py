@@ -11,22 +11,11 @@ prefill. See docs/strategies.md for the exact rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ..config.families import FAMILIES
+from ..engine.plan import StepPlan
 from ..engine.request import Request
-
-
-@dataclass
-class StepPlan:
-    """What one request contributes to a forward: tokens [start, end) of its canvas."""
-
-    start: int  # = num_cached: first position not in the KV cache
-    end: int  # end of the last in-flight block
-    write_end: int  # positions [start, write_end) are final and get their KV written
-    query_start: int  # logits are needed for positions [query_start, end) (blocks in flight)
-    blocks: list[int]  # in-flight block indices, in order
-    forced: list[bool]  # per in-flight block: must accept at least its best mask
 
 
 class BlockRequest(Request):
@@ -39,6 +28,7 @@ class BlockRequest(Request):
         self.buffer_size: int = s.buffer_size
         self.prefix_full: bool = bool(s.multi_block_prefix_full)
         self.mask_id: int = config.model.mask_token_id
+        self.shift: bool = FAMILIES[config.family].shift
         self.canvas: list[int] = list(prompt_token_ids)
         self.inflight: list[int] = []
         self.num_cached = 0
@@ -68,6 +58,11 @@ class BlockRequest(Request):
         first = self.block_span(self.inflight[0])[0] if self.inflight else len(self.canvas)
         return max(first, self.num_prompt_tokens) if self.prefix_full else first
 
+    def step_token_bound(self) -> int:
+        """Tokens the next step may feed at most (the window plus one new block, plus a shift token)."""
+        last = self.inflight[-1] if self.inflight else 0
+        return (last + 2) * self.block_size - self.num_cached + 1
+
     def key_hi(self, position: int) -> int:
         """Exclusive bound of the key positions a query at ``position`` attends to."""
         if self.prefix_full and position < self.num_prompt_tokens:
@@ -90,10 +85,12 @@ class BlockRequest(Request):
             self._open_block(last + 1)
         fractions = [self.decided_fraction(b) for b in self.inflight]
         forced = [i == 0 or fractions[i - 1] >= s.semi_complete_threshold for i in range(len(self.inflight))]
-        end = self.block_span(self.inflight[-1])[1]
-        write_end = self.committed_end
-        query_start = max(self.block_span(self.inflight[0])[0], write_end)
-        return StepPlan(self.num_cached, end, write_end, query_start, list(self.inflight), forced)
+        spans = [self.block_span(b) for b in self.inflight]
+        # A shift family re-feeds its last cached token: its output predicts the next position.
+        start = self.num_cached - 1 if self.shift and self.num_cached > 0 else self.num_cached
+        return StepPlan(start=start, end=spans[-1][1], write_start=self.num_cached, write_end=self.committed_end,
+                        spans=spans, forced=forced, quota=[-1] * len(spans), blocks=list(self.inflight),
+                        shift=self.shift)
 
     def apply(self, decision: Any) -> None:
         """Write fills and edits into the canvas; re-masked positions become masks again."""
@@ -114,7 +111,7 @@ class BlockRequest(Request):
         return out
 
     def after_forward(self, plan: StepPlan) -> None:
-        """The forward wrote the KV of [start, write_end)."""
+        """The forward wrote the KV of [write_start, write_end)."""
         self.num_cached = max(self.num_cached, plan.write_end)
         self.nfe += 1
 

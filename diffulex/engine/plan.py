@@ -1,0 +1,32 @@
+"""``StepPlan``: what one request feeds into one forward, and which logits it needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepPlan:
+    """Tokens [start, end) of a request's canvas go into the forward.
+
+    Positions [0, start) are read from the KV cache; [write_start, write_end) are final
+    tokens whose KV this forward writes (write_start is the cached length, which may exceed
+    ``start`` when a shift family re-feeds its last cached token for its logits). Logits
+    are produced for the positions of the blocks in flight (``spans``) from ``write_end`` on;
+    with ``shift`` the row predicting position p is the output at p - 1.
+    """
+
+    start: int
+    end: int
+    write_start: int
+    write_end: int
+    spans: list[tuple[int, int]]  # blocks in flight: absolute [lo, hi)
+    forced: list[bool]  # per block: must take at least its best mask (threshold rule)
+    quota: list[int] = field(default_factory=list)  # per block: exact masks to fill; -1: threshold rule
+    blocks: list[int] = field(default_factory=list)  # block ids (records)
+    shift: bool = False
+
+    def query_positions(self) -> range:
+        """Positions whose prediction this step needs (within the spans)."""
+        lo = max(self.write_end, self.start + int(self.shift), self.spans[0][0])
+        return range(lo, self.spans[-1][1])
