@@ -78,7 +78,8 @@ def test_two_ranks_start_answer_and_leave_no_process(tiny_path):
         shapes = [d["pages"] for d in llm.call_all("describe")]
         assert shapes[0] == shapes[1] > 0
         # Tensor parallel: each rank holds half the KV heads.
-        assert llm.runner.kv_cache_shape()[1] == llm.config.checkpoint.num_key_value_heads // 2
+        assert llm.runner.kv_cache_spec()[0][0] == llm.config.checkpoint.num_key_value_heads // 2
+        assert llm.runner.kv_caches[0][0].shape[2] == llm.config.checkpoint.num_key_value_heads // 2
     finally:
         llm.exit()
     assert not _alive(pids)

@@ -105,6 +105,10 @@ class DiffulexEngine:
         vocab = self.config.checkpoint.vocab_size
         if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
             raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        mask_id = self.config.model.mask_token_id
+        if mask_id in ids:
+            raise ValueError(f"prompt contains the mask token id {mask_id} at position {ids.index(mask_id)}; "
+                             "a diffusion model treats it as a blank to fill. Remove it from the prompt")
         limit = self.config.runtime.max_model_len
         if len(ids) >= limit:
             raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; shorten the prompt "

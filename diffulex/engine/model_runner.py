@@ -60,12 +60,9 @@ class ModelRunner:
         model.load_weights(self.config.model.path)
         return model.eval()
 
-    def kv_cache_shape(self) -> tuple[int, int, int]:
-        """(num_layers, kv heads on this rank, head_dim) of the paged cache."""
-        facts, hf = self.config.checkpoint, self.config.hf_config
-        head_dim = getattr(hf, "head_dim", None) or facts.hidden_size // facts.num_attention_heads
-        kv_local = max(1, facts.num_key_value_heads // self.parallel.tp_size)
-        return facts.num_layers, kv_local, head_dim
+    def kv_cache_spec(self) -> list[tuple[int, int]]:
+        """Per layer: (KV heads on this rank, head_dim) — layers may differ (DiffusionGemma)."""
+        return self.model.kv_cache_spec()
 
     def num_pages(self, bytes_per_page: int) -> int:
         """Pages that fit the memory budget (or cache.num_pages when fixed)."""
@@ -89,15 +86,15 @@ class ModelRunner:
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self.config.strategy.name.value == "vanilla":
             return []  # the vanilla loop recomputes everything and keeps no cache
-        layers, kv_heads, head_dim = self.kv_cache_shape()
+        spec = self.kv_cache_spec()
         kv_dtype = self.dtype if self.config.cache.kv_cache_dtype == DType.AUTO else resolve_dtype(
             self.config.cache.kv_cache_dtype, self.device)
         page = self.config.cache.page_size
         elem = torch.tensor([], dtype=kv_dtype).element_size()
-        self.page_count = self.num_pages(2 * layers * page * kv_heads * head_dim * elem)
-        shape = (self.page_count, page, kv_heads, head_dim)
-        return [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
-                 torch.zeros(shape, dtype=kv_dtype, device=self.device)) for _ in range(layers)]
+        self.page_count = self.num_pages(sum(2 * page * heads * dim * elem for heads, dim in spec))
+        return [(torch.zeros((self.page_count, page, heads, dim), dtype=kv_dtype, device=self.device),
+                 torch.zeros((self.page_count, page, heads, dim), dtype=kv_dtype, device=self.device))
+                for heads, dim in spec]
 
     # -- one forward ----------------------------------------------------------------------
     @torch.inference_mode()

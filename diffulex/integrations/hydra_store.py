@@ -2,10 +2,10 @@
 
 The experiment config (``conf/config.yaml``) keeps the engine groups at the top level, so
 overrides read ``strategy=dmax model=llada2_mini strategy.accept_threshold=0.8
-model_root=/x``. Next to them it has two experiment-only nodes: ``logger`` (a group of
-``_target_`` observer presets) and ``experiment`` (prompts, per-request sampling
-parameters, output). Its schema, :class:`ExperimentConfig`, is :class:`~diffulex.config.Config`
-plus those two nodes, so unknown keys and wrongly typed values fail while composing.
+model_root=/x``. Next to them it has three experiment-only nodes: ``logger`` (a group of
+``_target_`` observer presets), ``components`` (engine classes to swap in) and
+``experiment`` (prompts, per-request sampling parameters, objective, output). Its schema, :class:`ExperimentConfig`, is :class:`~diffulex.config.Config`
+plus those nodes, so unknown keys and wrongly typed values fail while composing.
 :func:`config_from_hydra` keeps only the Config fields and builds the Config through
 ``OmegaConf.to_object``, which runs ``Config.__init__`` and therefore every rule.
 """
@@ -34,8 +34,10 @@ class ExperimentConfig(Config):
     the plain :class:`Config` from the Config fields).
     """
 
-    # Step observers, each a ``_target_`` node (conf/logger/*.yaml).
+    # The step observer, a ``_target_`` node (conf/logger/*.yaml).
     logger: Any = None
+    # Engine component classes by name; null keeps the registered one (conf/components/).
+    components: Dict[str, Any] = field(default_factory=dict)
     # What to run and where to put the results: prompts, sampling_params, output_dir.
     experiment: Dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +104,8 @@ def _reject_added_keys(node: DictConfig, where: str) -> None:
             raise ValueError(f"{label} has no option(s) {extra}; its options are {sorted(known)}. "
                              "Drop the '+' override or fix the key's spelling")
     for key in node.keys():
+        if where == "" and key == "hydra":  # present with return_hydra_config=True; Hydra's own schema
+            continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             _reject_added_keys(child, f"{where}.{key}" if where else str(key))

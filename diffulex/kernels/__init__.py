@@ -1,41 +1,87 @@
 """Kernel selection: the one place that decides which implementation of each op runs.
 
 Layers never import a kernel directly; they call :func:`get_ops` with the device of their
-tensors. Only the plain-PyTorch reference ops exist so far; Triton versions for CUDA will
-be returned from here once they land.
+tensors and the configured backend (``runtime.kernels``). The plain-PyTorch reference ops
+run everywhere; the Triton ops (``kernels/triton``, imported only when chosen) run on CUDA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
 
-from diffulex.kernels.reference import paged_attention as _ref_paged_attention
-from diffulex.kernels.reference import store_kvcache as _ref_store_kvcache
+from diffulex.config.enums import KernelBackend
+from diffulex.kernels import reference as _ref
 
 
 @dataclass(frozen=True)
 class KernelOps:
-    """The ops a forward pass needs, as one bundle chosen per device."""
+    """The ops a forward pass needs, as one bundle chosen per device.
+
+    Signatures (shapes in each op's docstring) are identical between bundles:
+    ``store_kvcache(k, v, k_cache, v_cache, slot_mapping)``,
+    ``paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale, softcap=None)``,
+    ``group_limited_topk(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)``,
+    ``fused_moe(x, topk_ids, topk_weights, w13, w2, expert_start=0, num_experts=None)``,
+    ``greedy_confidence(logits, forbidden)``.
+    """
 
     name: str
     store_kvcache: Callable[..., None]
     paged_attention: Callable[..., torch.Tensor]
+    group_limited_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    fused_moe: Callable[..., torch.Tensor]
+    greedy_confidence: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 REFERENCE_OPS = KernelOps(
     name="reference",
-    store_kvcache=_ref_store_kvcache,
-    paged_attention=_ref_paged_attention,
+    store_kvcache=_ref.store_kvcache,
+    paged_attention=_ref.paged_attention,
+    group_limited_topk=_ref.group_limited_topk,
+    fused_moe=_ref.fused_moe,
+    greedy_confidence=_ref.greedy_confidence,
 )
 
 
-def get_ops(device: torch.device | str) -> KernelOps:
-    """Return the ops for tensors on ``device`` (the reference ops everywhere, for now)."""
-    torch.device(device)  # rejects malformed device strings
+@lru_cache(maxsize=1)
+def triton_ops() -> KernelOps:
+    """The Triton bundle (imports Triton on first call)."""
+    from diffulex.kernels import triton as _tri
+
+    return KernelOps(
+        name="triton",
+        store_kvcache=_tri.store_kvcache,
+        paged_attention=_tri.paged_attention,
+        group_limited_topk=_tri.group_limited_topk,
+        fused_moe=_tri.fused_moe,
+        greedy_confidence=_tri.greedy_confidence,
+    )
+
+
+def get_ops(device: torch.device | str, backend: KernelBackend | str = KernelBackend.TORCH) -> KernelOps:
+    """Return the ops for tensors on ``device`` under ``backend`` ("torch", "triton" or "auto").
+
+    ``auto`` and ``triton`` give the Triton ops on CUDA; ``auto`` gives the reference ops
+    elsewhere, and ``triton`` off CUDA is an error. The default, ``torch``, keeps the
+    reference ops until the engine passes its configured backend.
+    """
+    device = torch.device(device)  # rejects malformed device strings
+    try:
+        backend = KernelBackend(backend)
+    except ValueError:
+        raise ValueError(f"get_ops: backend {backend!r}, expected one of "
+                         f"{[b.value for b in KernelBackend]}") from None
+    if backend == KernelBackend.TORCH:
+        return REFERENCE_OPS
+    if device.type == "cuda":
+        return triton_ops()
+    if backend == KernelBackend.TRITON:
+        raise ValueError(f"get_ops: backend 'triton' needs a CUDA device, got {device}; use 'auto' or 'torch'")
     return REFERENCE_OPS
 
 
-__all__ = ["KernelOps", "REFERENCE_OPS", "get_ops"]
+__all__ = ["KernelOps", "REFERENCE_OPS", "get_ops", "triton_ops"]

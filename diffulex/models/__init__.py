@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every family with ``AutoModel``."""
 
-from diffulex.models import dream, fast_dllm_v2, llada, llada2, sdar, sdar_moe  # noqa: F401
+from diffulex.models import diffusion_gemma, dream, fast_dllm_v2, llada, llada2, sdar, sdar_moe  # noqa: F401

@@ -39,7 +39,8 @@ def check_default_rope(cfg: Any, family: str) -> None:
         raise ValueError(f"{family} config: rope_scaling {rope_scaling!r} is not supported")
 
 
-def gated_mlp_layout(ckpt: str, mod: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> Layout:
+def gated_mlp_layout(ckpt: str, mod: str,
+                     names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> Layout:
     """A gate/up/down checkpoint triple into a :class:`GatedMLP` at module path ``mod``."""
     gate, up, down = names
     return {f"{ckpt}.{gate}.weight": (f"{mod}.gate_up_proj.weight", 0),

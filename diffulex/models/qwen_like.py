@@ -69,7 +69,7 @@ def qwen_dims(cfg: Any, family: str, qkv_bias: bool, o_bias: bool, qk_norm: bool
 class QwenAttention(nn.Module):
     """GQA attention: fused q|k|v (column-parallel by heads), optional q/k norm, full RoPE."""
 
-    def __init__(self, dims: DecoderDims, tp: TPGroup, dtype: torch.dtype) -> None:
+    def __init__(self, dims: DecoderDims, rotary: RotaryEmbedding, tp: TPGroup, dtype: torch.dtype) -> None:
         super().__init__()
         d = self.head_dim = dims.head_dim
         self.qkv_proj = QKVParallelLinear(dims.hidden_size, d, dims.num_heads, dims.num_kv_heads,
@@ -81,7 +81,7 @@ class QwenAttention(nn.Module):
             self.q_norm = RMSNorm(d, dims.rms_norm_eps, dtype)
             self.k_norm = RMSNorm(d, dims.rms_norm_eps, dtype)
         self.o_proj = RowParallelLinear(dims.num_heads * d, dims.hidden_size, bias=dims.o_bias, tp=tp, dtype=dtype)
-        self.rotary = RotaryEmbedding(d, d, dims.max_position, dims.rope_theta)
+        self.rotary = rotary
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, scale=d ** -0.5)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
@@ -100,10 +100,11 @@ class QwenAttention(nn.Module):
 class QwenDecoderLayer(nn.Module):
     """Pre-norm block: attention then ``mlp`` (dense or MoE), each with a residual."""
 
-    def __init__(self, dims: DecoderDims, mlp: nn.Module, tp: TPGroup, dtype: torch.dtype) -> None:
+    def __init__(self, dims: DecoderDims, rotary: RotaryEmbedding, mlp: nn.Module, tp: TPGroup,
+                 dtype: torch.dtype) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
-        self.self_attn = QwenAttention(dims, tp, dtype)
+        self.self_attn = QwenAttention(dims, rotary, tp, dtype)
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
         self.mlp = mlp
 
@@ -115,13 +116,18 @@ class QwenDecoderLayer(nn.Module):
 
 
 class QwenModel(nn.Module):
-    """Embedding, decoder stack (MLPs from ``make_mlp(layer_idx)``) and final norm."""
+    """Embedding, decoder stack (MLPs from ``make_mlp(layer_idx)``) and final norm.
+
+    One RoPE table serves every layer: at Qwen2's 131072 positions a table per layer would
+    cost gigabytes.
+    """
 
     def __init__(self, dims: DecoderDims, make_mlp, tp: TPGroup, dtype: torch.dtype) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(dims.vocab_size, dims.hidden_size, tp, dtype)
+        rotary = RotaryEmbedding(dims.head_dim, dims.head_dim, dims.max_position, dims.rope_theta)
         self.layers = nn.ModuleList(
-            QwenDecoderLayer(dims, make_mlp(i), tp, dtype) for i in range(dims.num_layers))
+            QwenDecoderLayer(dims, rotary, make_mlp(i), tp, dtype) for i in range(dims.num_layers))
         self.norm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
 
 

@@ -1,0 +1,181 @@
+"""Routed experts as two grouped GEMMs that read each selected expert's weights once per step.
+
+Computes ``out[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t]))`` with
+``e = topk_ids[t, j]``, for stacked weights ``w13: [E, 2I, H]`` (gate rows ``[0, I)``, up rows
+``[I, 2I)``) and ``w2: [E, H, I]``: the same function as ``kernels.reference.fused_moe``
+and ``layers.moe.StackedExperts``.
+
+Layout, all built on device without a host sync (:func:`moe_align`): the ``A = T * k``
+(token, slot) assignments are sorted by expert; each expert's run is cut into blocks of
+``BLOCK_M`` rows; the grid is the fixed upper bound ``cdiv(A, BLOCK_M) + min(E, A)`` blocks
+and surplus blocks exit at once. Kernel 1, grid ``(blocks, cdiv(I, BN))``: gathers the
+block's token rows of ``x``, computes gate and up together against one expert's ``w13``
+tile, applies ``silu(gate) * up`` in fp32, and stores ``inter [A, I]`` in sorted order.
+Kernel 2, grid ``(blocks, cdiv(H, BN))``: ``inter @ w2[e]^T``, times the routing weight, stored
+to a per-assignment buffer ``[T, k, H]``; a final ``sum`` over k gives the output. That
+sum is deterministic (no atomics), at the cost of writing ``A x H`` values once.
+
+Weights are read once per (expert, block of BLOCK_M tokens): once per step whenever an
+expert has <= BLOCK_M tokens, which the shape heuristic aims for. With tensor parallelism
+pass ``expert_start`` and ``num_experts`` (global): ids outside
+``[expert_start, expert_start + E_local)`` contribute nothing here.
+
+Limits: last dims of ``x``, ``w13``, ``w2`` contiguous; routing weights are applied after
+the down projection (as the reference does).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from diffulex.kernels.triton._runtime import is_interpreting, next_pow2
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w13_ptr, inter_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
+    stride_xt, stride_we, stride_wn, num_local, H, I,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    e = tl.load(blk_expert_ptr + blk)
+    if e >= num_local:
+        return
+    rows = tl.load(blk_row0_ptr + blk) + tl.arange(0, BLOCK_M)  # [BM] sorted assignment rows
+    r_ok = rows < tl.load(blk_row_end_ptr + blk)
+    tok = tl.load(order_ptr + rows, mask=r_ok, other=0) // TOP_K  # [BM]
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] intermediate columns
+    n_ok = n < I
+    w_base = w13_ptr + e.to(tl.int64) * stride_we
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    kk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, H, BLOCK_K):
+        k_ok = k0 + kk < H
+        x = tl.load(x_ptr + tok[:, None] * stride_xt + (k0 + kk)[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                    other=0.0)  # [BM, BK]
+        w_mask = n_ok[:, None] & k_ok[None, :]
+        wg = tl.load(w_base + n[:, None] * stride_wn + (k0 + kk)[None, :], mask=w_mask, other=0.0)  # [BN, BK]
+        wu = tl.load(w_base + (n + I)[:, None] * stride_wn + (k0 + kk)[None, :], mask=w_mask, other=0.0)
+        if FP32_DOT:
+            x = x.to(tl.float32)
+            acc_g += tl.dot(x, tl.trans(wg.to(tl.float32)), input_precision="ieee")
+            acc_u += tl.dot(x, tl.trans(wu.to(tl.float32)), input_precision="ieee")
+        else:
+            acc_g += tl.dot(x, tl.trans(wg))
+            acc_u += tl.dot(x, tl.trans(wu))
+    h = acc_g * tl.sigmoid(acc_g) * acc_u
+    tl.store(inter_ptr + rows[:, None].to(tl.int64) * I + n[None, :], h.to(inter_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    inter_ptr, w2_ptr, out_ptr, weights_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
+    stride_we, stride_wn, num_local, H, I,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    e = tl.load(blk_expert_ptr + blk)
+    if e >= num_local:
+        return
+    rows = tl.load(blk_row0_ptr + blk) + tl.arange(0, BLOCK_M)
+    r_ok = rows < tl.load(blk_row_end_ptr + blk)
+    assign = tl.load(order_ptr + rows, mask=r_ok, other=0)  # [BM] flat (token, slot) index
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] hidden columns
+    n_ok = n < H
+    w_base = w2_ptr + e.to(tl.int64) * stride_we
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    kk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, I, BLOCK_K):
+        k_ok = k0 + kk < I
+        h = tl.load(inter_ptr + rows[:, None].to(tl.int64) * I + (k0 + kk)[None, :],
+                    mask=r_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        w = tl.load(w_base + n[:, None] * stride_wn + (k0 + kk)[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                    other=0.0)  # [BN, BK]
+        if FP32_DOT:
+            acc += tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+        else:
+            acc += tl.dot(h, tl.trans(w))
+    acc = acc * tl.load(weights_ptr + assign, mask=r_ok, other=0.0)[:, None]
+    tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & n_ok[None, :])
+
+
+def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start: int = 0):
+    """Sort assignments by local expert and cut each expert's run into ``block_m`` rows; no host sync.
+
+    ``topk_ids: [T, k]`` -> ``order [A]`` (flat assignment index, by expert, non-local last),
+    ``blk_expert, blk_row0, blk_row_end: [cdiv(A, block_m) + min(E, A)]`` (``blk_expert ==
+    num_local`` marks a surplus block), and ``counts [E]`` tokens per local expert.
+    """
+    flat = topk_ids.flatten() - expert_start  # [A]
+    n_assign = flat.shape[0]
+    key = torch.where((flat >= 0) & (flat < num_local), flat, num_local)  # [A]
+    order = torch.sort(key, stable=True).indices  # [A]
+    # scatter_add, not bincount: bincount reads its max back to the host on CUDA.
+    counts = torch.zeros(num_local + 1, dtype=torch.long, device=flat.device)
+    counts = counts.scatter_add_(0, key, torch.ones_like(key))[:num_local]  # [E]
+    starts = counts.cumsum(0) - counts  # [E] first sorted row of each expert
+    n_blocks = (counts + block_m - 1) // block_m  # [E]
+    ends = n_blocks.cumsum(0)  # [E]
+    b = torch.arange(triton.cdiv(n_assign, block_m) + min(num_local, n_assign), device=flat.device)  # [B]
+    blk_expert = torch.searchsorted(ends, b, right=True)  # [B] in [0, E]
+    e = blk_expert.clamp(max=num_local - 1)
+    blk_row0 = starts[e] + (b - (ends - n_blocks)[e]) * block_m  # [B]
+    blk_row_end = starts[e] + counts[e]  # [B]
+    return order, blk_expert, blk_row0, blk_row_end, counts
+
+
+def fused_moe(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    expert_start: int = 0,
+    num_experts: int | None = None,
+    block_m: int | None = None,
+) -> torch.Tensor:
+    """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
+
+    ``num_experts``: the global expert count when ``w13`` holds only this rank's experts
+    (None: all experts are local). ``block_m`` overrides the tokens-per-block heuristic.
+    """
+    n_tok, hidden = x.shape
+    top_k = topk_ids.shape[1]
+    num_local, two_i, _ = w13.shape
+    inter_size = two_i // 2
+    if w13.shape[2] != hidden or tuple(w2.shape) != (num_local, hidden, inter_size):
+        raise ValueError(f"fused_moe: w13 {tuple(w13.shape)} / w2 {tuple(w2.shape)} do not fit hidden {hidden}")
+    if x.stride(1) != 1 or w13.stride(2) != 1 or w2.stride(2) != 1:
+        raise ValueError("fused_moe: x, w13 and w2 need a contiguous last dim")
+    all_local = expert_start == 0 and (num_experts is None or num_experts == num_local)
+    n_assign = n_tok * top_k
+    if n_assign == 0:
+        return torch.zeros_like(x)
+    avg = n_assign / num_local
+    block_m = block_m or min(64, max(16, next_pow2(int(2 * avg))))
+    order, blk_expert, blk_row0, blk_row_end, _ = moe_align(topk_ids, num_local, block_m, expert_start)
+    fp32_dot = is_interpreting() or x.dtype == torch.float32
+    n_blocks = blk_expert.shape[0]
+
+    inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
+    bn, bk = min(64, max(16, next_pow2(inter_size))), min(64, max(16, next_pow2(hidden)))
+    _gate_up_kernel[(n_blocks, triton.cdiv(inter_size, bn))](
+        x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
+        x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size,
+        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=8, num_stages=3,
+    )
+    alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
+    per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
+    bn, bk = min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size)))
+    _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
+        inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
+        w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=8, num_stages=3,
+    )
+    return per_assign.sum(1)  # [T, H]; fp32 accumulation inside torch's reduction

@@ -1,0 +1,130 @@
+"""Triton MoE router selection and fused experts equal their PyTorch references (CPU interpreter).
+
+Pins: group-limited top-k ids and weights (pow2 and non-pow2 group sizes, k = 1 without
+renormalization); the grouped GEMM for odd T / H / I, experts with more tokens than one
+block, unused experts, bf16, and tensor-parallel expert slices; the references themselves
+against the router module and StackedExperts.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Kernels decorated under TRITON_INTERPRET=1 run on CPU tensors. The variable is set only
+# while this module imports them and while its tests run, so the rest of the suite is unaffected.
+_PREVIOUS = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+pytest.importorskip("triton")
+
+from diffulex.kernels import reference as ref  # noqa: E402
+from diffulex.kernels.triton.fused_moe import fused_moe, moe_align  # noqa: E402
+from diffulex.kernels.triton.moe_router import group_limited_topk  # noqa: E402
+from diffulex.layers.moe.experts import StackedExperts  # noqa: E402
+from diffulex.layers.moe.router import GroupLimitedSigmoidRouter  # noqa: E402
+
+if _PREVIOUS is None:
+    del os.environ["TRITON_INTERPRET"]
+else:
+    os.environ["TRITON_INTERPRET"] = _PREVIOUS
+
+
+@pytest.fixture(autouse=True)
+def _triton_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+ROUTERS = [  # (E, n_group, topk_group, top_k, scaling)
+    (16, 4, 2, 3, 2.5),
+    (24, 4, 3, 5, 1.0),  # group size 6: padded tile
+    (8, 2, 1, 1, 1.0),  # top_k 1: no renormalization
+    (64, 8, 4, 8, 2.5),  # LLaDA2-like ratios
+]
+
+
+@pytest.mark.parametrize("e,n_group,topk_group,top_k,scaling", ROUTERS)
+def test_group_limited_topk_matches_reference_and_router(e, n_group, topk_group, top_k, scaling):
+    gen = torch.Generator().manual_seed(e + top_k)
+    router = GroupLimitedSigmoidRouter(32, e, top_k, n_group, topk_group, scaling)
+    router.weight.data = torch.randn(e, 32, generator=gen) * 0.3
+    router.expert_bias.data = torch.randn(e, generator=gen) * 0.1
+    x = torch.randn(13, 32, generator=gen)
+    logits = F.linear(x, router.weight)
+    ids_ref, w_ref = ref.group_limited_topk(logits, router.expert_bias, top_k, n_group, topk_group, scaling)
+    ids_mod, w_mod = router(x)
+    assert torch.equal(ids_ref, ids_mod)
+    torch.testing.assert_close(w_ref, w_mod)
+    ids, w = group_limited_topk(logits, router.expert_bias, top_k, n_group, topk_group, scaling)
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+
+
+def random_moe(gen, t, h, i, e, k, dtype=torch.float32, skew=False):
+    x = torch.randn(t, h, generator=gen).to(dtype)
+    w13 = (torch.randn(e, 2 * i, h, generator=gen) * h ** -0.5).to(dtype)
+    w2 = (torch.randn(e, h, i, generator=gen) * i ** -0.5).to(dtype)
+    scores = torch.rand(t, e, generator=gen)
+    if skew:  # most tokens pick experts 0 and 1: runs longer than one block
+        scores[:, :2] += 2.0
+    ids = scores.topk(k, dim=-1).indices
+    weights = torch.rand(t, k, generator=gen)
+    return x, ids, weights, w13, w2
+
+
+MOES = [  # (T, H, I, E, k, block_m)
+    (1, 32, 24, 8, 3, None),
+    (5, 48, 40, 6, 2, None),
+    (13, 32, 16, 8, 3, 16),
+    (37, 16, 24, 4, 2, 16),  # ~18 tokens per expert: several blocks per expert
+]
+
+
+@pytest.mark.parametrize("t,h,i,e,k,block_m", MOES)
+def test_fused_moe_matches_per_token_reference(t, h, i, e, k, block_m):
+    gen = torch.Generator().manual_seed(t * 7 + h)
+    x, ids, weights, w13, w2 = random_moe(gen, t, h, i, e, k, skew=t > 30)
+    expected = ref.fused_moe(x, ids, weights, w13, w2)
+    out = fused_moe(x, ids, weights, w13, w2, block_m=block_m)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_moe_bf16():
+    gen = torch.Generator().manual_seed(9)
+    x, ids, weights, w13, w2 = random_moe(gen, 11, 64, 48, 8, 4, dtype=torch.bfloat16)
+    expected = ref.fused_moe(x.float(), ids, weights, w13.float(), w2.float())
+    out = fused_moe(x, ids, weights, w13, w2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_fused_moe_tensor_parallel_slice_only_adds_local_experts():
+    gen = torch.Generator().manual_seed(3)
+    x, ids, weights, w13, w2 = random_moe(gen, 9, 32, 16, 8, 3)
+    parts = [fused_moe(x, ids, weights, w13[r * 4:(r + 1) * 4], w2[r * 4:(r + 1) * 4], expert_start=r * 4,
+                       num_experts=8) for r in range(2)]
+    expected_half = ref.fused_moe(x, ids, weights, w13[4:], w2[4:], expert_start=4)
+    torch.testing.assert_close(parts[1], expected_half, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(parts[0] + parts[1], ref.fused_moe(x, ids, weights, w13, w2), atol=1e-5, rtol=1e-4)
+
+
+def test_reference_matches_stacked_experts():
+    gen = torch.Generator().manual_seed(1)
+    x, ids, weights, w13, w2 = random_moe(gen, 7, 32, 16, 6, 2)
+    experts = StackedExperts(6, 32, 16)
+    experts.w13.data, experts.w2.data = w13, w2
+    torch.testing.assert_close(ref.fused_moe(x, ids, weights, w13, w2), experts(x, ids, weights),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_moe_align_blocks_cover_each_expert_run_once():
+    ids = torch.tensor([[2, 0], [2, 3], [0, 2], [2, 1], [2, 0]])  # expert 2 x5, 0 x3, 1 x1, 3 x1
+    order, blk_expert, row0, row_end, counts = moe_align(ids, 4, block_m=2)
+    assert counts.tolist() == [3, 1, 5, 1]
+    used = blk_expert < 4
+    assert blk_expert[used].tolist() == [0, 0, 1, 2, 2, 2, 3]
+    assert row0[used].tolist() == [0, 2, 3, 4, 6, 8, 9]
+    assert row_end[used].tolist() == [3, 3, 4, 9, 9, 9, 10]
+    assert (ids.flatten()[order] == torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 3])).all()
