@@ -29,6 +29,7 @@ class StepBatch:
     block_forced: torch.Tensor  # [NB] bool
     block_quota: torch.Tensor  # [NB] long; -1 = threshold rule
     block_request: torch.Tensor  # [NB] index into the step's request list
+    extras: dict  # strategy inputs for the model runner (e.g. soft_inputs), see ModelRunner.run
 
 
 def _long(xs: list[int]) -> torch.Tensor:
@@ -37,13 +38,14 @@ def _long(xs: list[int]) -> torch.Tensor:
 
 def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manager: Any) -> StepBatch:
     """Build the batch for ``reqs`` (each with its ``plan``); page tables must cover write_end."""
-    ids, pos, slots, key_hi, cu, ctx = [], [], [], [], [0], []
+    ids, pos, slots, key_hi, key_lo, cu, ctx = [], [], [], [], [], [0], []
     logits_idx, row_req, row_pos, row_tok, row_block, blk_forced, blk_quota, blk_req = ([] for _ in range(8))
     for r, (req, plan) in enumerate(zip(reqs, plans)):
         base = len(ids)
         ids.extend(req.canvas[plan.start:plan.end])
         pos.extend(range(plan.start, plan.end))
         key_hi.extend(req.key_hi(p) for p in range(plan.start, plan.end))
+        key_lo.extend(req.key_lo(p) if hasattr(req, "key_lo") else 0 for p in range(plan.start, plan.end))
         lo, hi = max(plan.write_start, plan.start), plan.write_end
         writes = kv_cache_manager.slots(req.page_table, lo, hi) if hi > lo else []
         slots.extend([-1] * (lo - plan.start) + writes + [-1] * (plan.end - max(hi, lo)))
@@ -72,7 +74,10 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     n = len(ids)
     meta = AttentionMetadata(
         cu_seqlens_q=_long(cu), positions=_long(pos), context_lens=_long(ctx), page_table=table,
-        slot_mapping=_long(slots), key_lo=torch.zeros(n, dtype=torch.long), key_hi=_long(key_hi),
-        cache_only=torch.zeros(len(reqs), dtype=torch.bool), logits_indices=_long(logits_idx), page_size=page_size)
+        slot_mapping=_long(slots), key_lo=_long(key_lo), key_hi=_long(key_hi),
+        cache_only=torch.tensor([bool(getattr(p, "cache_only", False)) for p in plans], dtype=torch.bool),
+        logits_indices=_long(logits_idx), page_size=page_size)
+    pack_extras = getattr(type(reqs[0]), "pack_extras", None)
+    extras = pack_extras(reqs, plans, [cu[i] for i in range(len(reqs))]) if pack_extras else {}
     return StepBatch(_long(ids), _long(pos), meta, _long(row_req), _long(row_pos), _long(row_tok), _long(row_block),
-                     torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req))
+                     torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req), extras)

@@ -146,7 +146,7 @@ class DiffulexEngine:
         reqs = [r for r, _ in scheduled]
         plans = [p for _, p in scheduled]
         batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
-        logits = self.call_all("run", batch.input_ids, batch.positions, batch.meta)[0]
+        logits = self._forward(reqs, batch)
         if self._forbidden is None:
             self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
         decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
@@ -166,6 +166,10 @@ class DiffulexEngine:
             self.scheduler.finish(req)
         self._step_index += 1
         return finished
+
+    def _forward(self, reqs: list[Any], batch: Any) -> torch.Tensor:
+        """One forward of the packed batch on every rank; rank 0's logits [M, V]."""
+        return self.call_all("run", batch.input_ids, batch.positions, batch.meta, batch.extras)[0]
 
     def _apply(self, req: Any, plan: Any, decision: Any, elapsed: float) -> bool:
         """Write the decision, commit blocks, check stop conditions; True when finished."""

@@ -98,12 +98,22 @@ class ModelRunner:
 
     # -- one forward ----------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
-        """Forward the flat batch; logits [M, V] (float32) on rank 0, None elsewhere."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+            extras: dict[str, Any] | None = None) -> torch.Tensor | None:
+        """Forward the flat batch; logits [M, V] (float32) on rank 0, None elsewhere.
+
+        ``extras`` carries strategy inputs: ``soft_inputs`` (a :class:`SoftInputs`, mixed into
+        the input embeddings) and any other key, passed to the model's forward as a keyword.
+        """
         dev = self.device
         meta = type(meta)(**{k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
                              for k, v in vars(meta).items()})
-        hidden = self.model(input_ids.to(dev), positions.to(dev), meta, self.kv_caches or None)  # [N, H]
+        input_ids = input_ids.to(dev)
+        kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
+        soft = kwargs.pop("soft_inputs", None)
+        if soft is not None:
+            kwargs["inputs_embeds"] = soft.to(dev).embed(self.model, input_ids)  # [N, H]
+        hidden = self.model(input_ids, positions.to(dev), meta, self.kv_caches or None, **kwargs)  # [N, H]
         logits = self.model.compute_logits(hidden[meta.logits_indices])  # [M, V]
         return logits if self.parallel.is_driver else None
 

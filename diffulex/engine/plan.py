@@ -25,6 +25,7 @@ class StepPlan:
     quota: list[int] = field(default_factory=list)  # per block: exact masks to fill; -1: threshold rule
     blocks: list[int] = field(default_factory=list)  # block ids (records)
     shift: bool = False
+    cache_only: bool = False  # keys only from the cache (new KV written first): the dual-cache mode
 
     def query_positions(self) -> range:
         """Positions whose prediction this step needs (within the spans)."""
