@@ -171,8 +171,13 @@ def test_lora_adapter_must_exist_and_be_peft(tiny_path, tmp_path):
     with pytest.raises(ValueError, match="adapter_model.safetensors"):
         Config(tiny_path("llada2"), lora_path=str(adapter))
     (adapter / "adapter_model.safetensors").write_bytes(b"")
-    cfg = Config(tiny_path("llada2"), lora_path=str(adapter))
-    assert cfg.lora.enabled is True and cfg.lora.path == str(adapter)
+    with pytest.raises(ValueError, match="safetensors"):
+        Config(tiny_path("llada2"), lora_path=str(adapter))
+    from diffulex.tiny import write_tiny_lora
+
+    good = write_tiny_lora("llada2", tiny_path("llada2"), tmp_path / "ok", ["query_key_value"])
+    cfg = Config(tiny_path("llada2"), lora_path=str(good))
+    assert cfg.lora.enabled is True and cfg.lora.path == str(good)
 
 
 # -- checkpoint facts: tokenizer, HF config, lengths -----------------------------------------
@@ -234,14 +239,3 @@ def test_to_dict_is_plain_data(tiny_path):
     data = Config(tiny_path("dream")).to_dict()
     assert data["strategy"]["name"] == "d2f"
     _json.dumps(data)  # no enums or objects left
-
-
-def test_lora_adapter_is_refused_by_the_engine_not_ignored(tiny_path, tmp_path):
-    from diffulex import Diffulex
-
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["query_key_value"]}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="LoRA adapters is not implemented"):
-        Diffulex(tiny_path("llada2"), lora_path=str(adapter))

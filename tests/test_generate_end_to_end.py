@@ -75,7 +75,7 @@ def test_limits_and_stop_conditions(tiny_path):
 
 
 def test_unimplemented_strategy_says_so_and_engine_stays_usable(tiny_path):
-    with Diffulex(tiny_path("llada2"), decoding_strategy="dmax", sampling_mode="edit") as llm:
+    with Diffulex(tiny_path("fast_dllm_v2"), decoding_strategy="fast_dllm_v2") as llm:
         with pytest.raises(ValueError, match="no decode loop"):
             llm.generate(["hi"], SamplingParams(max_tokens=4))
 

@@ -85,8 +85,12 @@ def test_every_preset_directory_is_covered():
 
 
 @pytest.mark.parametrize("group,preset", ALL_PRESETS, ids=[f"{g}={p}" for g, p in ALL_PRESETS])
-def test_preset_validates_into_config(compose_cfg, model_root, group, preset):
+def test_preset_validates_into_config(compose_cfg, model_root, group, preset, tmp_path):
     overrides = [f"{group}={preset}", *PARTNERS.get((group, preset), [])]
+    if (group, preset) == ("lora", "adapter"):
+        from diffulex.tiny import write_tiny_lora
+
+        overrides.append(f"lora.path={write_tiny_lora('llada2', None, tmp_path / 'adapter', ['query_key_value'])}")
     if group == "model" and preset in REAL_MODEL_FAMILY:
         overrides.append(f"model_root={model_root}")
     cfg = compose_cfg(*overrides)

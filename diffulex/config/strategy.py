@@ -219,7 +219,7 @@ class DiffusionGemmaStrategyConfig(StrategyConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.max_denoising_steps is None:
+        if any(getattr(self, key) is None for key in _GEMMA_DEFAULTS):
             return  # not normalized yet
         check_range("strategy.max_denoising_steps", self.max_denoising_steps, 1, None, integer=True)
         check_range("strategy.stability_threshold", self.stability_threshold, 1, None, integer=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -72,20 +71,13 @@ def validate_lora(cfg: "Config") -> None:
         raise config_error("lora.path", lora.path, "an adapter directory when LoRA is enabled",
                            "pass lora_path='/path/to/adapter' or set use_lora=False")
     path = os.path.abspath(os.path.expanduser(lora.path))
-    adapter_cfg = os.path.join(path, "adapter_config.json")
-    if not os.path.isfile(adapter_cfg):
-        raise config_error("lora.path", path, "a PEFT adapter directory with adapter_config.json",
+    if not os.path.isdir(path):
+        raise config_error("lora.path", path, "an existing PEFT adapter directory",
                            "point lora_path at the adapter (the folder holding adapter_config.json)")
-    weights = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if os.path.isfile(os.path.join(path, f))]
-    if not weights:
-        raise config_error("lora.path", path, "a directory holding adapter_model.safetensors",
-                           "the adapter's weights are missing: re-download the adapter")
-    with open(adapter_cfg) as f:
-        meta = json.load(f)
-    r = meta.get("r")
-    if not isinstance(r, int) or r <= 0 or not meta.get("target_modules"):
-        raise config_error("lora adapter_config.json", {"r": r, "target_modules": meta.get("target_modules")},
-                           "a positive rank r and a non-empty target_modules", "fix or re-export the adapter")
+    from ..lora.adapter import check_adapter, checkpoint_tensor_names
+
+    # Targets must name modules of this checkpoint (by module-name suffix, as PEFT matches them).
+    check_adapter(path, checkpoint_tensor_names(cfg.model.path))
     lora.path = path
 
 
@@ -99,10 +91,10 @@ def validate_runtime(cfg: "Config", facts: Any, notes: Notes) -> None:
         raise config_error("runtime.enforce_eager", False, "True on CPU (CUDA graphs need CUDA)",
                            "leave enforce_eager unset or set it to True")
     if rt.kernels == KernelBackend.AUTO:
-        rt.kernels = KernelBackend.TORCH  # the only backend this version ships
-    if rt.kernels == KernelBackend.TRITON:
-        raise config_error("runtime.kernels", "triton", "'torch' or 'auto' (no Triton kernels in this version)",
-                           "use kernels='auto'")
+        rt.kernels = KernelBackend.TRITON if on_cuda else KernelBackend.TORCH
+    if rt.kernels == KernelBackend.TRITON and not on_cuda:
+        raise config_error("runtime.kernels", "triton", "'torch' or 'auto' on CPU (Triton kernels need CUDA)",
+                           "use kernels='auto' (Triton on CUDA, PyTorch on CPU)")
     limit = facts.max_position_embeddings
     if rt.max_model_len is None:
         rt.max_model_len = limit

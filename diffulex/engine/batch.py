@@ -29,6 +29,9 @@ class StepBatch:
     block_forced: torch.Tensor  # [NB] bool
     block_quota: torch.Tensor  # [NB] long; -1 = threshold rule
     block_request: torch.Tensor  # [NB] index into the step's request list
+    block_id: torch.Tensor  # [NB] the request's own block id
+    block_force_all: torch.Tensor  # [NB] bool: fill every remaining mask this step
+    row_prompt_len: torch.Tensor  # [M] prompt length of the row's request (positions below are fixed)
     extras: dict  # strategy inputs for the model runner (e.g. soft_inputs), see ModelRunner.run
 
 
@@ -40,6 +43,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     """Build the batch for ``reqs`` (each with its ``plan``); page tables must cover write_end."""
     ids, pos, slots, key_hi, key_lo, cu, ctx = [], [], [], [], [], [0], []
     logits_idx, row_req, row_pos, row_tok, row_block, blk_forced, blk_quota, blk_req = ([] for _ in range(8))
+    blk_id, blk_all, row_plen = [], [], []
     for r, (req, plan) in enumerate(zip(reqs, plans)):
         base = len(ids)
         ids.extend(req.canvas[plan.start:plan.end])
@@ -55,6 +59,8 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
         blk_forced.extend(plan.forced)
         blk_quota.extend(plan.quota or [-1] * len(plan.spans))
         blk_req.extend([r] * len(plan.spans))
+        blk_id.extend(plan.blocks or list(range(len(plan.spans))))
+        blk_all.extend(plan.force_all or [False] * len(plan.spans))
         span_index = 0
         for p in plan.query_positions():
             while p >= plan.spans[span_index][1]:
@@ -66,6 +72,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
             row_pos.append(p)
             row_tok.append(req.canvas[p])
             row_block.append(first_block + span_index)
+            row_plen.append(req.num_prompt_tokens)
     max_pages = max(1, max(len(req.page_table) for req in reqs))
     table = torch.full((len(reqs), max_pages), -1, dtype=torch.long)
     for r, req in enumerate(reqs):
@@ -80,4 +87,5 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     pack_extras = getattr(type(reqs[0]), "pack_extras", None)
     extras = pack_extras(reqs, plans, [cu[i] for i in range(len(reqs))]) if pack_extras else {}
     return StepBatch(_long(ids), _long(pos), meta, _long(row_req), _long(row_pos), _long(row_tok), _long(row_block),
-                     torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req), extras)
+                     torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req), _long(blk_id),
+                     torch.tensor(blk_all, dtype=torch.bool), _long(row_plen), extras)

@@ -35,7 +35,23 @@ class ModelRunner:
         self.device = self._pick_device()
         self.dtype = resolve_dtype(config.model.dtype, self.device)
         self.model = self._build_model()
+        from ..layers.backend import set_kernel_backend
+
+        # runtime.kernels → a ``kernels`` attribute on each kernel-calling layer (no globals).
+        self.kernels = set_kernel_backend(self.model, config.runtime.kernels, self.device)
         self.kv_caches = self._allocate_kv_cache()
+        # CUDA graphs of the model body per step shape (decode steps): CUDA, not enforce_eager,
+        # the Triton kernels (the reference MoE syncs with the host), one rank, a KV cache.
+        self.graphs = None
+        if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
+                and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
+            from ..layers.graphs import DecodeGraphs
+
+            s = config.strategy
+            self.graphs = DecodeGraphs(
+                lambda ids, pos, meta: self.model(ids, pos, meta, self.kv_caches), self.device,
+                max_tokens=max(config.runtime.cuda_graph_batch_sizes) * s.block_size * (getattr(s, "buffer_size", None) or 1),
+                max_pages=-(-config.runtime.max_model_len // config.cache.page_size))
 
     # -- construction -----------------------------------------------------------------
     def _pick_device(self) -> torch.device:
@@ -50,14 +66,17 @@ class ModelRunner:
         from ..layers.parallel import TPGroup
         from ..registry import AutoModel
 
-        if self.config.lora.enabled:
-            raise ValueError(f"lora.path={self.config.lora.path!r}: applying LoRA adapters is not implemented in "
-                             "this version; run without the adapter (or merge it into the checkpoint first)")
         model_cls = AutoModel.get(self.config.family)
         tp = TPGroup(self.parallel.tp_rank, self.parallel.tp_size, self.parallel.tp_group)
         with torch.device(self.device):
             model = model_cls(self.config.hf_config, tp=tp, dtype=self.dtype)
-        model.load_weights(self.config.model.path)
+        lora = self.config.lora
+        if lora.enabled:
+            from ..lora import load_weights_with_lora
+
+            load_weights_with_lora(model, self.config.model.path, lora.path, merge=lora.merge)
+        else:
+            model.load_weights(self.config.model.path)
         return model.eval()
 
     def kv_cache_spec(self) -> list[tuple[int, int]]:
@@ -106,6 +125,11 @@ class ModelRunner:
         the input embeddings) and any other key, passed to the model's forward as a keyword.
         """
         dev = self.device
+        if self.graphs is not None and not extras and self.kernels == "triton":
+            hidden = self.graphs.run(input_ids, positions, meta)  # None: this step runs eagerly
+            if hidden is not None:
+                logits = self.model.compute_logits(hidden[meta.logits_indices.to(dev, non_blocking=True)])
+                return logits if self.parallel.is_driver else None
         meta = type(meta)(**{k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
                              for k, v in vars(meta).items()})
         input_ids = input_ids.to(dev)
@@ -113,7 +137,8 @@ class ModelRunner:
         soft = kwargs.pop("soft_inputs", None)
         if soft is not None:
             kwargs["inputs_embeds"] = soft.to(dev).embed(self.model, input_ids)  # [N, H]
-        hidden = self.model(input_ids, positions.to(dev), meta, self.kv_caches or None, **kwargs)  # [N, H]
+        ids = None if "inputs_embeds" in kwargs else input_ids
+        hidden = self.model(ids, positions.to(dev), meta, self.kv_caches or None, **kwargs)  # [N, H]
         logits = self.model.compute_logits(hidden[meta.logits_indices])  # [M, V]
         return logits if self.parallel.is_driver else None
 

@@ -23,7 +23,8 @@ class StepPlan:
     spans: list[tuple[int, int]]  # blocks in flight: absolute [lo, hi)
     forced: list[bool]  # per block: must take at least its best mask (threshold rule)
     quota: list[int] = field(default_factory=list)  # per block: exact masks to fill; -1: threshold rule
-    blocks: list[int] = field(default_factory=list)  # block ids (records)
+    blocks: list[int] = field(default_factory=list)  # block ids (records, per-block decisions)
+    force_all: list[bool] = field(default_factory=list)  # per block: fill every remaining mask now
     shift: bool = False
     cache_only: bool = False  # keys only from the cache (new KV written first): the dual-cache mode
 

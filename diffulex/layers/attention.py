@@ -15,8 +15,11 @@ class Attention(nn.Module):
     """Writes this step's K/V into the layer's cache, then attends per ``AttentionMetadata``.
 
     The cache is ``(k_cache, v_cache)``, each ``[num_pages, page_size, Hkv, D]``, or None
-    when no cache is allocated (then every ``context_len`` must be 0).
+    when no cache is allocated (then every ``context_len`` must be 0). ``kernels`` (set by
+    the model runner, see ``layers.backend``) picks the reference or the Triton ops.
     """
+
+    uses_kernels = True
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
                  softcap: float | None = None) -> None:
@@ -26,11 +29,12 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.scale = scale
         self.softcap = softcap
+        self.kernels = "torch"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         # q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq, D]
-        ops = get_ops(q.device)
+        ops = get_ops(q.device, self.kernels)
         k_cache, v_cache = kv_cache if kv_cache is not None else (None, None)
         if k_cache is not None:
             ops.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)

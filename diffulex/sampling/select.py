@@ -39,8 +39,19 @@ def _confidence(probs: torch.Tensor, tokens: torch.Tensor, kind: ConfidenceKind)
 
 
 def select_tokens(logits: torch.Tensor, forbidden: torch.Tensor, params: SelectionParams,
-                  confidence: ConfidenceKind = ConfidenceKind.PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose one token per row. logits: [M, V]; forbidden: [V] bool. Returns (tokens [M], conf [M])."""
+                  confidence: ConfidenceKind = ConfidenceKind.PROBABILITY,
+                  kernels: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose one token per row. logits: [M, V]; forbidden: [V] bool. Returns (tokens [M], conf [M]).
+
+    ``kernels`` (``runtime.kernels`` after validation): with ``"triton"`` on CUDA, an
+    all-greedy step with probability confidence runs the one-pass Triton kernel (same
+    function, no [M, V] probabilities materialized); anything else takes the path below.
+    """
+    if (kernels == "triton" and logits.is_cuda and ConfidenceKind(confidence) == ConfidenceKind.PROBABILITY
+            and not bool((params.temperature > 0).any())):  # the one host check this step already had
+        from ..kernels import get_ops
+
+        return get_ops(logits.device, kernels).greedy_confidence(logits, forbidden)
     logits = logits.float()
     allowed_logits = logits.masked_fill(forbidden, float("-inf"))  # [M, V]
     tokens = allowed_logits.argmax(dim=-1)  # [M]

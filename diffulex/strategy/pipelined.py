@@ -31,6 +31,9 @@ class BlockRequest(Request):
         self.shift: bool = FAMILIES[config.family].shift
         self.canvas: list[int] = list(prompt_token_ids)
         self.inflight: list[int] = []
+        self.refining: set[int] = set()  # blocks without masks that the sampler keeps open (edits)
+        self.block_steps: dict[int, int] = {}  # forwards each block took part in
+        self.stability: dict[int, float] = {}  # fraction of decided tokens unchanged in the last step
         self.num_cached = 0
         self.stopped = False
         self.output_token_ids: list[int] | None = None
@@ -81,7 +84,8 @@ class BlockRequest(Request):
         last = self.inflight[-1]
         if (len(self.inflight) < self.buffer_size and not self.stopped
                 and self.block_span(last)[1] < self.target_end
-                and self.decided_fraction(last) >= s.add_block_threshold):
+                and self.decided_fraction(last) >= s.add_block_threshold
+                and self.stability.get(last, 1.0) >= s.token_stability_threshold):
             self._open_block(last + 1)
         fractions = [self.decided_fraction(b) for b in self.inflight]
         forced = [i == 0 or fractions[i - 1] >= s.semi_complete_threshold for i in range(len(self.inflight))]
@@ -90,7 +94,14 @@ class BlockRequest(Request):
         start = self.num_cached - 1 if self.shift and self.num_cached > 0 else self.num_cached
         return StepPlan(start=start, end=spans[-1][1], write_start=self.num_cached, write_end=self.committed_end,
                         spans=spans, forced=forced, quota=[-1] * len(spans), blocks=list(self.inflight),
-                        shift=self.shift)
+                        shift=self.shift, force_all=[self.must_finish(b, config) for b in self.inflight])
+
+    def must_finish(self, b: int, config: Any) -> bool:
+        """True when block ``b`` has used its step budget and must fill every mask now."""
+        limit = getattr(config.strategy, "max_steps_per_block", None)
+        if limit is None and hasattr(config.sampling, "max_post_edit_steps"):
+            limit = self.block_size + config.sampling.max_post_edit_steps
+        return limit is not None and self.block_steps.get(b, 0) + 1 >= limit
 
     def apply(self, decision: Any) -> None:
         """Write fills and edits into the canvas; re-masked positions become masks again."""
@@ -100,6 +111,8 @@ class BlockRequest(Request):
             self.canvas[pos] = new
         for pos in decision.remasks:
             self.canvas[pos] = self.mask_id
+        self.refining = set(decision.state.get("refining", ()))
+        self.stability.update(decision.state.get("stability", {}))
 
     def block_states(self, plan: StepPlan) -> list[dict]:
         """One summary per block of this step (for step records)."""
@@ -107,17 +120,19 @@ class BlockRequest(Request):
         for b in plan.blocks:
             masks = self.masks_in(b)
             out.append({"index": b, "start": b * self.block_size, "masks": masks,
-                        "state": "active" if masks else "committing"})
+                        "state": "active" if masks or b in self.refining else "committing"})
         return out
 
     def after_forward(self, plan: StepPlan) -> None:
         """The forward wrote the KV of [write_start, write_end)."""
         self.num_cached = max(self.num_cached, plan.write_end)
         self.nfe += 1
+        for b in plan.blocks:
+            self.block_steps[b] = self.block_steps.get(b, 0) + 1
 
     def commit_ready_blocks(self, eos_ids: set[int]) -> None:
         """Commit leading blocks that have no mask left; stop on EOS or length."""
-        while self.inflight and self.masks_in(self.inflight[0]) == 0:
+        while self.inflight and self.masks_in(self.inflight[0]) == 0 and self.inflight[0] not in self.refining:
             b = self.inflight.pop(0)
             block_end = self.block_span(b)[1]
             generated = self.canvas[self.num_prompt_tokens:min(block_end, self.target_end)]

@@ -19,7 +19,14 @@ class StackedExperts(nn.Module):
 
     ``weight_loader(param, loaded, shard_id=(expert_id, "gate" | "up" | "down"))`` takes one
     expert's full checkpoint matrix; experts owned by another rank are skipped.
+
+    ``kernels`` (set by the model runner): ``"torch"`` runs the loop below (one host sync per
+    layer); ``"triton"`` runs the fused grouped-GEMM MoE, which reads each selected expert
+    once per step and never syncs with the host. Subclasses with another activation
+    override :meth:`forward` and keep the loop.
     """
+
+    uses_kernels = True
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
                  tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32) -> None:
@@ -29,6 +36,7 @@ class StackedExperts(nn.Module):
         self.num_local = tp.split(num_experts, "num_experts")
         self.expert_start = tp.rank * self.num_local
         self.intermediate_size = intermediate_size
+        self.kernels = "torch"
         self.w13 = nn.Parameter(torch.empty(self.num_local, 2 * intermediate_size, hidden_size, dtype=dtype),
                                 requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(self.num_local, hidden_size, intermediate_size, dtype=dtype),
@@ -57,6 +65,12 @@ class StackedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
         # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]
+        if self.kernels != "torch" and type(self).forward is StackedExperts.forward:
+            from diffulex.kernels import get_ops
+
+            y = get_ops(x.device, self.kernels).fused_moe(
+                x.contiguous(), topk_ids, topk_weights, self.w13, self.w2, self.expert_start, self.num_experts)
+            return self.tp.all_reduce(y.float()).to(x.dtype) if self.tp.size > 1 else y
         k = topk_ids.shape[1]
         flat_ids = topk_ids.flatten()  # [T*k]
         order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert

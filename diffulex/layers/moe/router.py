@@ -16,8 +16,11 @@ class GroupLimitedSigmoidRouter(nn.Module):
     split into ``n_group`` groups, a group scores the sum of its top-2 biased scores, the
     best ``topk_group`` groups are kept and the top ``top_k`` experts inside them chosen.
     The weights are the *unbiased* scores of the chosen experts, renormalized to sum 1
-    when ``top_k > 1``, times ``routed_scaling_factor``.
+    when ``top_k > 1``, times ``routed_scaling_factor``. With ``kernels == "triton"`` the
+    selection after the linear layer runs as one fused Triton kernel (same function).
     """
+
+    uses_kernels = True
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, n_group: int, topk_group: int,
                  routed_scaling_factor: float, dtype: torch.dtype = torch.float32) -> None:
@@ -39,10 +42,16 @@ class GroupLimitedSigmoidRouter(nn.Module):
         # A loaded checkpoint tensor, kept fp32 as in the published model.
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, dtype=torch.float32), requires_grad=False)
         self.expert_bias.weight_loader = default_weight_loader
+        self.kernels = "torch"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [T, H]
         logits = F.linear(x.float(), self.weight.float())  # [T, E]
+        if self.kernels != "torch":
+            from diffulex.kernels import get_ops
+
+            return get_ops(x.device, self.kernels).group_limited_topk(
+                logits, self.expert_bias, self.top_k, self.n_group, self.topk_group, self.routed_scaling_factor)
         scores = torch.sigmoid(logits)  # [T, E]
         biased = scores + self.expert_bias  # [T, E]
         t = x.shape[0]

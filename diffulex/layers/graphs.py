@@ -1,0 +1,130 @@
+"""CUDA graphs of the model body for steps of a fixed shape (decode steps).
+
+One graph per exact step shape ``(tokens N, sequences S, scalar metadata)``: every tensor
+input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
+buffer of that shape, except the page table, which is padded to the longest admissible
+context (``-1`` beyond a sequence's pages), so one graph serves every context length.
+Only the model body is captured; the logits rows (``logits_indices``, which vary with the
+masks left) are gathered and projected eagerly afterwards.
+
+A shape is captured the first time it is seen (one eager warm-up forward, which writes the
+same KV entries the replay writes again), up to ``max_graphs`` shapes; larger steps, other
+shapes once the budget is spent and any shape whose capture fails run eagerly. Capture
+needs a forward with no host synchronization: the Triton path. The owner must drop the
+graphs (:meth:`clear`) if the model's kernels change.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_FAILED = object()
+
+
+class DecodeGraphs:
+    """Captures and replays ``forward(input_ids, positions, meta) -> hidden [N, H]`` per step shape."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_tokens: int,
+                 max_pages: int, max_graphs: int = 64) -> None:
+        self.forward = forward
+        self.device = device
+        self.max_tokens = max_tokens
+        self.max_pages = max_pages
+        self.max_graphs = max_graphs
+        self.entries: dict[Any, Any] = {}
+        self.pool = None
+        self.captures = 0
+        self.replays = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.pool = None
+
+    def _key(self, input_ids: torch.Tensor, meta: Any) -> Any:
+        scalars = tuple(sorted((k, v) for k, v in vars(meta).items() if not torch.is_tensor(v)))
+        shapes = tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in vars(meta).items()
+                              if torch.is_tensor(v) and k not in ("page_table", "logits_indices")))
+        return (tuple(input_ids.shape), shapes, scalars)
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+        """The hidden states [N, H] of the step (a static buffer: use before the next call), or
+        None when this step runs eagerly."""
+        n = input_ids.shape[0]
+        if n == 0 or n > self.max_tokens or meta.page_table.shape[1] > self.max_pages:
+            return None
+        try:
+            key = self._key(input_ids, meta)
+            hash(key)
+        except TypeError:
+            return None
+        entry = self.entries.get(key)
+        if entry is _FAILED:
+            return None
+        if entry is None:
+            if len(self.entries) >= self.max_graphs:
+                return None
+            return self._capture(key, input_ids, positions, meta)
+        self._fill(entry, input_ids, positions, meta)
+        entry["graph"].replay()
+        self.replays += 1
+        return entry["out"]
+
+    def _fill(self, entry: dict, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> None:
+        entry["ids"].copy_(input_ids, non_blocking=True)
+        entry["pos"].copy_(positions, non_blocking=True)
+        for name, buf in entry["tensors"].items():
+            src = getattr(meta, name)
+            if name == "page_table":
+                p = src.shape[1]
+                buf[:, :p].copy_(src, non_blocking=True)
+                if p < buf.shape[1]:
+                    buf[:, p:].fill_(-1)
+            else:
+                buf.copy_(src, non_blocking=True)
+
+    def _capture(self, key: Any, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+        dev = self.device
+        tensors, fields = {}, {}
+        for name, value in vars(meta).items():
+            if not torch.is_tensor(value):
+                fields[name] = value
+            elif name == "page_table":
+                tensors[name] = torch.full((value.shape[0], self.max_pages), -1, dtype=value.dtype, device=dev)
+            else:
+                tensors[name] = torch.empty(value.shape, dtype=value.dtype, device=dev)
+            if torch.is_tensor(value):
+                fields[name] = tensors[name]
+        entry = {"ids": torch.empty(input_ids.shape, dtype=input_ids.dtype, device=dev),
+                 "pos": torch.empty(positions.shape, dtype=positions.dtype, device=dev), "tensors": tensors}
+        static_meta = type(meta)(**fields)
+        self._fill(entry, input_ids, positions, meta)
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                warm = self.forward(entry["ids"], entry["pos"], static_meta)  # compiles kernels; a valid result
+            torch.cuda.current_stream(dev).wait_stream(side)
+            warm = warm.clone()
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                entry["out"] = self.forward(entry["ids"], entry["pos"], static_meta)
+        except Exception as exc:  # e.g. a host sync inside the forward: run this shape eagerly
+            logger.warning("CUDA graph capture failed for step shape %s, running it eagerly: %s", key, exc)
+            self.entries[key] = _FAILED
+            torch.cuda.synchronize(dev)
+            return None
+        entry["graph"] = graph
+        entry["meta"] = static_meta
+        self.entries[key] = entry
+        self.captures += 1
+        return warm
+
+
+__all__ = ["DecodeGraphs"]

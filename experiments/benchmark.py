@@ -1,0 +1,602 @@
+"""Roofline benchmark of the engine at real model shapes with random bf16 weights (issue 7 §3).
+
+Run on a CUDA machine from the repo root::
+
+    python experiments/benchmark.py --models llada2_mini,llada_8b --out $OUT
+    python experiments/benchmark.py --device cpu --tiny            # the CPU smoke run (tests)
+
+For each model shape it writes a real checkpoint (config.json, configuration module,
+tokenizer, safetensors) with random weights into a temp dir, builds the engine once
+(``multi_bd``, block 32, buffer 1, page 32) and, per kernel backend (``torch``, ``triton``:
+the runner's per-layer ``kernels`` attribute is switched, the weights are loaded once),
+per schedule k (exactly k leftmost masks of each block accepted per forward: random weights
+make confidences meaningless) and per batch size, measures over the decode steps after
+warm-up:
+
+- ``fwd_ms``: median CUDA-event time of the forward (model + logits);
+- ``step_ms``: median wall time of ``engine.step`` (forward + sampling + host work);
+- ``host_ms``: median of (step wall time - forward GPU time): scheduler, batch packing,
+  sampling, Python, not hidden behind the GPU;
+- ``tok/s`` = batch * TPF / step wall time; ``TPF`` measured (tokens decided per request per forward);
+- ``U``: distinct routed experts per MoE layer per step (from the router outputs, in an
+  extra untimed step of the same batch);
+- ``GB/step``: weights read (all but the embedding table; routed experts only the U
+  selected ones per layer) + KV cache read and written;
+- ``floor_ms`` = bytes / HBM bandwidth (measured with a large device copy); ``ratio`` = fwd_ms / floor_ms;
+- ``peak_GiB``: peak allocated GPU memory of the row.
+
+Then it builds the ``vanilla`` engine (eager full recompute, kernels=torch, no cache) on the
+same weights with steps_per_block = 32 / k and prints its forward time and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from diffulex.sampling.base import Decision, Sampler  # noqa: E402
+from diffulex.sampling.select import select_tokens  # noqa: E402
+
+# -- model shapes ------------------------------------------------------------------------------
+SHAPES = {
+    "llada2_mini": dict(family="llada2", layers=20, hidden=2048, heads=16, kv_heads=4, head_dim=128,
+                        inter=5120, experts=256, top_k=8, moe_inter=512, n_group=8, topk_group=4,
+                        shared=1, first_dense=1, vocab=157184),
+    "llada_8b": dict(family="llada", layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128,
+                     inter=12288, vocab=126464),
+}
+TINY = {
+    "llada2_mini": dict(SHAPES["llada2_mini"], layers=3, hidden=64, heads=4, kv_heads=2, head_dim=16, inter=128,
+                        experts=16, top_k=4, moe_inter=32, n_group=4, topk_group=2, vocab=512),
+    "llada_8b": dict(SHAPES["llada_8b"], layers=2, hidden=64, heads=4, kv_heads=4, head_dim=16, inter=128,
+                     vocab=512),
+}
+MAX_POS = 4096
+
+
+def _config_json(shape: dict) -> dict:
+    from diffulex.tiny.recipes import config_json
+
+    s = shape
+    cfg = config_json(s["family"])
+    if s["family"] == "llada2":
+        cfg.update(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
+                   num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+                   head_dim=s["head_dim"], num_experts=s["experts"], num_experts_per_tok=s["top_k"],
+                   num_shared_experts=s["shared"], moe_intermediate_size=s["moe_inter"],
+                   first_k_dense_replace=s["first_dense"], n_group=s["n_group"], topk_group=s["topk_group"],
+                   max_position_embeddings=MAX_POS, torch_dtype="bfloat16")
+    else:
+        cfg.update(d_model=s["hidden"], n_heads=s["heads"], n_kv_heads=s["kv_heads"], n_layers=s["layers"],
+                   mlp_hidden_size=s["inter"], vocab_size=s["vocab"], embedding_size=s["vocab"],
+                   max_sequence_length=MAX_POS, torch_dtype="bfloat16")
+    return cfg
+
+
+def _specs(shape: dict) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, kind) of every tensor, under the published checkpoints' names."""
+    s = shape
+    h, d, v = s["hidden"], s["head_dim"], s["vocab"]
+
+    def mlp(p: str, i: int) -> list:
+        return [(f"{p}.gate_proj.weight", (i, h), "linear"), (f"{p}.up_proj.weight", (i, h), "linear"),
+                (f"{p}.down_proj.weight", (h, i), "linear")]
+
+    out: list = []
+    if s["family"] == "llada2":
+        out.append(("model.word_embeddings.weight", (v, h), "embed"))
+        for i in range(s["layers"]):
+            p = f"model.layers.{i}"
+            out += [(f"{p}.input_layernorm.weight", (h,), "norm"), (f"{p}.post_attention_layernorm.weight", (h,), "norm"),
+                    (f"{p}.attention.query_key_value.weight", ((s["heads"] + 2 * s["kv_heads"]) * d, h), "linear"),
+                    (f"{p}.attention.query_layernorm.weight", (d,), "norm"),
+                    (f"{p}.attention.key_layernorm.weight", (d,), "norm"),
+                    (f"{p}.attention.dense.weight", (h, s["heads"] * d), "linear")]
+            if i < s["first_dense"]:
+                out += mlp(f"{p}.mlp", s["inter"])
+                continue
+            out += [(f"{p}.mlp.gate.weight", (s["experts"], h), "router"),
+                    (f"{p}.mlp.gate.expert_bias", (s["experts"],), "expert_bias")]
+            for e in range(s["experts"]):
+                out += mlp(f"{p}.mlp.experts.{e}", s["moe_inter"])
+            out += mlp(f"{p}.mlp.shared_experts", s["moe_inter"] * s["shared"])
+        out += [("model.norm.weight", (h,), "norm"), ("lm_head.weight", (v, h), "linear")]
+    else:
+        kv = s["kv_heads"] * d
+        out.append(("model.transformer.wte.weight", (v, h), "embed"))
+        for i in range(s["layers"]):
+            p = f"model.transformer.blocks.{i}"
+            out += [(f"{p}.attn_norm.weight", (h,), "norm"), (f"{p}.ff_norm.weight", (h,), "norm"),
+                    (f"{p}.q_proj.weight", (s["heads"] * d, h), "linear"), (f"{p}.k_proj.weight", (kv, h), "linear"),
+                    (f"{p}.v_proj.weight", (kv, h), "linear"), (f"{p}.attn_out.weight", (h, s["heads"] * d), "linear"),
+                    (f"{p}.ff_proj.weight", (s["inter"], h), "linear"), (f"{p}.up_proj.weight", (s["inter"], h), "linear"),
+                    (f"{p}.ff_out.weight", (h, s["inter"]), "linear")]
+        out += [("model.transformer.ln_f.weight", (h,), "norm"), ("model.transformer.ff_out.weight", (v, h), "linear")]
+    return out
+
+
+def write_checkpoint(name: str, out_dir: Path, device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                     tiny: bool = False, seed: int = 0) -> Path:
+    """Write a checkpoint of shape ``name`` with random weights (drawn on ``device``) into ``out_dir``.
+
+    Matrices ~ N(0, 1/fan_in) (activations keep their scale through the layers), the
+    router ~ N(0, 4/fan_in) with small expert biases (tokens route differently, so U is
+    not an artefact of a dominant bias), norms 1.
+    """
+    from safetensors.torch import save_file
+
+    from diffulex.tiny.hf_configs import REMOTE_CONFIGS, config_module_source
+    from diffulex.tiny.recipes import TOKENIZERS, generation_config_json
+    from diffulex.tiny.tokenizer import write_tokenizer
+
+    shape = (TINY if tiny else SHAPES)[name]
+    fam = shape["family"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(TOKENIZERS[fam], out)
+    cfg = _config_json(shape)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / f"{REMOTE_CONFIGS[fam].module}.py").write_text(config_module_source(fam))
+    gen_cfg = generation_config_json(fam)
+    if gen_cfg is not None:
+        (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2, sort_keys=True) + "\n")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shard, shard_bytes, shard_no, weight_map = {}, 0, 0, {}
+    limit = 4 << 30
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shard_no
+        if not shard:
+            return
+        shard_no += 1
+        fname = f"model-{shard_no:05d}.safetensors"
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+        shard, shard_bytes = {}, 0
+
+    for tname, tshape, kind in _specs(shape):
+        if kind == "norm":
+            t = torch.ones(tshape, dtype=dtype, device=device)
+        elif kind == "expert_bias":
+            t = (0.01 * torch.randn(tshape, generator=gen, device=device)).float()  # fp32, as published
+        else:
+            std = {"linear": 1.0, "embed": 1.0, "router": 2.0}[kind] / math.sqrt(tshape[-1] if kind != "embed" else 1)
+            t = (torch.randn(tshape, generator=gen, device=device, dtype=torch.float32) * std).to(dtype)
+        shard[tname] = t.cpu()
+        shard_bytes += t.numel() * t.element_size()
+        if shard_bytes >= limit:
+            flush()
+    flush()
+    total = sum((out / f).stat().st_size for f in set(weight_map.values()))
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
+    return out
+
+
+# -- the fixed schedule -------------------------------------------------------------------------
+class FixedKSampler(Sampler):
+    """Greedy tokens; accepts exactly the ``k`` leftmost masks of every in-flight block per forward."""
+
+    k = 1
+
+    def decide(self, batch, logits, reqs, forbidden):
+        dev = logits.device
+        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
+                                     self.config.sampling.confidence, kernels=self.config.runtime.kernels.value)
+        # The choice of rows needs no logits: computed on the host tensors of the batch.
+        is_mask = (batch.row_token == self.config.model.mask_token_id).long()  # [M]
+        key = batch.row_block * (1 << 32) + batch.row_position
+        order = key.argsort()
+        m = is_mask[order]
+        blk = batch.row_block[order]
+        n = m.shape[0]
+        before = m.cumsum(0) - m  # masks before each sorted row
+        first = torch.ones(n, dtype=torch.bool)
+        if n > 1:
+            first[1:] = blk[1:] != blk[:-1]
+        start = torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)).cummax(0).values
+        rank = before - before[start]
+        rows = order[(m == 1) & (rank < self.k)]
+        rows_dev = rows.to(dev)
+        picked = torch.stack([tokens[rows_dev].double(), conf[rows_dev].double()], 1).tolist()  # one host sync
+        out = [Decision() for _ in reqs]
+        for r, (tok, c) in zip(rows.tolist(), picked):
+            out[int(batch.row_request[r])].fills.append((int(batch.row_position[r]), int(tok), float(c)))
+        return out
+
+
+def fixed_k_sampler(k: int) -> type:
+    return type(f"FixedK{k}Sampler", (FixedKSampler,), {"k": k})
+
+
+# -- measurement ----------------------------------------------------------------------------------
+def hbm_bandwidth(device: torch.device) -> float:
+    """Bytes/s of a 2 GiB device-to-device copy (read + write), median of 10."""
+    n = 1 << 30  # elements of 2 bytes
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2 * n / statistics.median(times[2:])
+
+
+class StepTimer:
+    """Wraps the engine's forward with CUDA events (GPU) and records the batch's context sizes."""
+
+    def __init__(self, engine, cuda: bool) -> None:
+        self.engine, self.cuda = engine, cuda
+        self.orig = engine._forward
+        self.events: list = []
+        self.tokens: list[tuple[int, int]] = []
+        engine._forward = self._forward
+
+    def _forward(self, reqs, batch):
+        meta = batch.meta
+        self.tokens.append((int(meta.context_lens.sum()), int(meta.positions.shape[0])))
+        if not self.cuda:
+            t0 = time.perf_counter()
+            out = self.orig(reqs, batch)
+            self.events.append(time.perf_counter() - t0)
+            return out
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = self.orig(reqs, batch)
+        b.record()
+        self.events.append((a, b))
+        return out
+
+    def gpu_s(self, i: int) -> float:
+        e = self.events[i]
+        return e if not self.cuda else e[0].elapsed_time(e[1]) / 1e3
+
+    def restore(self) -> None:
+        self.engine._forward = self.orig
+
+
+class RouterProbe:
+    """Counts distinct experts per MoE layer from the routers' outputs (device-side, read at the end)."""
+
+    def __init__(self, model) -> None:
+        from diffulex.layers.moe.router import GroupLimitedSigmoidRouter, SoftmaxTopKRouter
+
+        self.handles, self.counts = [], []
+        for mod in model.modules():
+            if isinstance(mod, (GroupLimitedSigmoidRouter, SoftmaxTopKRouter)):
+                self.handles.append(mod.register_forward_hook(self._hook))
+
+    def _hook(self, mod, inp, out):
+        ids = out[0]
+        seen = torch.zeros(mod.num_experts, dtype=torch.int32, device=ids.device)
+        seen.scatter_(0, ids.flatten(), 1)
+        self.counts.append(seen.sum())
+
+    def mean_u(self) -> float | None:
+        return float(torch.stack(self.counts).float().mean()) if self.counts else None
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def weight_bytes(model) -> tuple[int, int, int]:
+    """(bytes read every step, bytes of one routed expert, number of MoE layers)."""
+    from diffulex.layers.moe.experts import StackedExperts
+
+    routed, expert_bytes, moe_layers = set(), 0, 0
+    for mod in model.modules():
+        if isinstance(mod, StackedExperts):
+            routed |= {id(mod.w13), id(mod.w2)}
+            expert_bytes = (mod.w13[0].numel() + mod.w2[0].numel()) * mod.w13.element_size()
+            moe_layers += 1
+    always = 0
+    for name, p in model.named_parameters():
+        if id(p) in routed or "embed" in name or name.endswith("wte.weight"):
+            continue  # the embedding table: only the step's rows are read
+        always += p.numel() * p.element_size()
+    return always, expert_bytes, moe_layers
+
+
+def kv_bytes_per_token(runner) -> int:
+    return sum(2 * k.shape[2] * k.shape[3] * k.element_size() for k, _ in runner.kv_caches)
+
+
+def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: int, cuda: bool,
+             max_tokens: int) -> dict:
+    """Add ``batch`` requests, step ``warmup + measure`` times, abort; the row's numbers."""
+    from diffulex.sampling_params import SamplingParams
+
+    vocab_hi = min(engine.tokenizer.vocab_size if hasattr(engine.tokenizer, "vocab_size") else 200, 200)
+    gen = torch.Generator().manual_seed(1000 + batch)
+    mask_id = engine.config.model.mask_token_id
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    ids = []
+    for _ in range(batch):
+        prompt = torch.randint(10, vocab_hi, (prompt_len,), generator=gen).tolist()
+        prompt = [t if t != mask_id else t + 1 for t in prompt]
+        ids.append(engine.add_request(prompt, sp))
+    timer = StepTimer(engine, cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    walls, decided = [], []
+    try:
+        for i in range(warmup + measure):
+            if cuda:
+                torch.cuda.synchronize()
+            before = {r: len(engine._requests[r].records) for r in ids}
+            t0 = time.perf_counter()
+            engine.step()
+            walls.append(time.perf_counter() - t0)
+            n = 0
+            for r in ids:
+                recs = engine._requests[r].records
+                n += sum(x.num_decided for x in recs[before[r]:])
+            decided.append(n)
+        if len(timer.events) != warmup + measure:
+            raise RuntimeError(f"expected one forward per step, got {len(timer.events)}")
+        probe = RouterProbe(engine.runner.model) if cuda else None
+        if probe is not None and probe.handles:
+            graphs, engine.runner.graphs = engine.runner.graphs, None  # hooks do not fire in a graph replay
+            try:
+                engine.step()  # one more step of the same batch, untimed, eager, for U
+            finally:
+                engine.runner.graphs = graphs
+        u = probe.mean_u() if probe else None
+        if probe:
+            probe.close()
+    finally:
+        timer.restore()
+        for r in ids:
+            engine.abort_request(r)
+        for r in ids:
+            engine._requests.pop(r, None)
+    sl = slice(warmup, warmup + measure)
+    gpu = [timer.gpu_s(i) for i in range(warmup + measure)][sl]
+    host = [w - g for w, g in zip(walls[sl], gpu)]
+    ctx = [c for c, _ in timer.tokens[sl]]
+    ntok = [t for _, t in timer.tokens[sl]]
+    tpf = statistics.mean(decided[sl]) / batch
+    return dict(fwd_s=statistics.median(gpu), step_s=statistics.median(walls[sl]), host_s=statistics.median(host),
+                tpf=tpf, u=u, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
+                peak=torch.cuda.max_memory_allocated() if cuda else 0)
+
+
+def profile_steps(engine, args, name: str) -> None:
+    """torch.profiler over 3 decode steps (triton, k=32, batch 1): where the step time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from diffulex.layers.backend import set_kernel_backend
+    from diffulex.sampling_params import SamplingParams
+
+    engine.runner.kernels = set_kernel_backend(engine.runner.model, "triton", engine.runner.device)
+    engine.config.runtime.kernels = type(engine.config.runtime.kernels)("triton")
+    engine.sampler = fixed_k_sampler(32)(engine.config)
+    rid = engine.add_request(list(range(10, 10 + args.prompt_len)),
+                             SamplingParams(temperature=0.0, max_tokens=320, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            engine.step()
+        torch.cuda.synchronize()
+    engine.abort_request(rid)
+    engine._requests.pop(rid, None)
+    ka = prof.key_averages()
+    kernels = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
+    cuda_us = sum(e.self_device_time_total for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
+    graphs = engine.runner.graphs
+    text = (f"{name} (CUDA graphs {'on' if graphs is not None else 'off'}): 3 steps, {kernels} GPU kernels ({kernels / 3:.0f} per step), GPU busy "
+            f"{cuda_us / 3e3:.2f} ms per step\n\n"
+            + ka.table(sort_by="self_cuda_time_total", row_limit=25) + "\n\n"
+            + ka.table(sort_by="self_cpu_time_total", row_limit=25))
+    log(text.splitlines()[0])
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"profile_{name}.txt").write_text(text)
+
+
+def _free(engine) -> None:
+    engine.exit()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> None:
+    from diffulex import Diffulex
+    from diffulex.engine.components import EngineComponents
+    from diffulex.layers.backend import set_kernel_backend
+
+    cuda = args.device == "cuda"
+    dev = torch.device(args.device)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench_{name}_", dir=args.workdir))
+    t0 = time.perf_counter()
+    path = write_checkpoint(name, workdir / name, dev, torch.bfloat16 if cuda else torch.float32, tiny=args.tiny)
+    log(f"[{name}] checkpoint written in {time.perf_counter() - t0:.1f}s -> {path}")
+    ks = args.ks
+    batches = args.batches
+    steps_needed = args.warmup + args.measure + 4
+    max_tokens = {k: -(-k * steps_needed // 32) * 32 for k in ks}
+    max_len = args.prompt_len + max(max_tokens.values()) + 64
+    common = dict(device=args.device, page_size=32, max_model_len=max_len, record_trajectory=False,
+                  dtype="bfloat16" if cuda else "float32")
+    backends = ["torch", "triton"] if cuda else ["torch"]
+    if cuda and args.graphs:
+        backends.append("triton+graphs")
+    t0 = time.perf_counter()
+    engine = Diffulex(str(path), decoding_strategy="multi_bd", block_size=32, buffer_size=1,
+                      kernels=backends[-1].split("+")[0], max_num_seqs=max(batches),
+                      max_num_batched_tokens=max(batches) * (args.prompt_len + 32) + 64,
+                      enforce_eager=not (cuda and args.graphs), **common)
+    log(f"[{name}] engine built in {time.perf_counter() - t0:.1f}s")
+    if args.check and cuda:
+        sys.path.insert(0, str(ROOT / "experiments"))
+        from gpu_check import compare_backends_on_engine
+
+        res = compare_backends_on_engine(engine, args.prompt_len)
+        log(f"[{name}] bf16 logits torch vs triton: {res}")
+        results.append({"model": name, "check": res})
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"check_{name}.json").write_text(json.dumps(res, indent=1))
+    if args.profile and cuda:
+        profile_steps(engine, args, name)
+    if args.only_check:
+        _free(engine)
+        return
+    always, expert_b, moe_layers = weight_bytes(engine.runner.model)
+    kvb = kv_bytes_per_token(engine.runner)
+    bw = args.bandwidth
+    rows = {}
+    graphs = engine.runner.graphs
+    for backend in backends:
+        kern = backend.split("+")[0]
+        engine.runner.kernels = set_kernel_backend(engine.runner.model, kern, dev)
+        engine.config.runtime.kernels = type(engine.config.runtime.kernels)(kern)
+        engine.runner.graphs = graphs if backend.endswith("+graphs") else None
+        for k in ks:
+            engine.sampler = fixed_k_sampler(k)(engine.config)
+            for b in batches:
+                try:
+                    r = run_rows(engine, k, b, args.prompt_len, args.warmup, args.measure, cuda, max_tokens[k])
+                except torch.cuda.OutOfMemoryError as exc:
+                    log(f"[{name}] {backend} k={k} b={b}: OOM ({exc})")
+                    gc.collect(); torch.cuda.empty_cache()
+                    continue
+                u = r["u"] if moe_layers else None
+                nbytes = always + (u or 0) * expert_b * moe_layers + (r["ctx"] + r["ntok"]) * kvb
+                floor = nbytes / bw if bw else float("nan")
+                r.update(model=name, engine="multi_bd", kernels=backend, k=k, batch=b, bytes=nbytes, floor_s=floor,
+                         graphs=(graphs.captures, graphs.replays) if graphs is not None else None)
+                rows[(backend, k, b)] = r
+                results.append(r)
+                log(f"[{name}] {backend:6s} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f}"
+                    f" host {r['host_s']*1e3:6.2f} tpf {r['tpf']:.2f} U {u} floor {floor*1e3:.2f} graphs {r['graphs']}")
+    _free(engine)
+    del engine
+    # -- the vanilla baseline on the same weights ---------------------------------------------
+    t0 = time.perf_counter()
+    van = Diffulex(str(path), decoding_strategy="vanilla", block_size=32, kernels="torch",
+                   max_num_seqs=max(batches), enforce_eager=True,
+                   max_num_batched_tokens=max(batches) * (args.prompt_len + max(max_tokens.values())) + 64, **common)
+    log(f"[{name}] vanilla engine built in {time.perf_counter() - t0:.1f}s")
+    vrows = {}
+    for k in ks:
+        van.config.strategy.steps_per_block = 32 // k
+        for b in batches:
+            try:
+                r = run_rows(van, k, b, args.prompt_len, 1, args.vanilla_measure, cuda, max_tokens[k])
+            except torch.cuda.OutOfMemoryError as exc:
+                log(f"[{name}] vanilla k={k} b={b}: OOM ({exc})")
+                gc.collect(); torch.cuda.empty_cache()
+                continue
+            r.update(model=name, engine="vanilla", kernels="torch", k=k, batch=b)
+            vrows[(k, b)] = r
+            results.append(r)
+            log(f"[{name}] vanilla k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f} "
+                f"tpf {r['tpf']:.2f}")
+    _free(van)
+    del van
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    # -- table ----------------------------------------------------------------------------------
+    out_lines.append(f"\n### {name} ({'tiny' if args.tiny else 'real shape'}, random weights), "
+                     f"HBM {bw / 1e12:.2f} TB/s measured\n" if bw else f"\n### {name} (tiny, CPU)\n")
+    out_lines.append("| kernels | k | batch | fwd ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
+                     "floor ms | floor ratio | peak GiB | vanilla step ms | speed-up vs vanilla (per step, same k) |")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (backend, k, b), r in rows.items():
+        v = vrows.get((k, b))
+        toks = b * r["tpf"] / r["step_s"]
+        u = f"{r['u']:.1f}" if r["u"] is not None else "-"
+        ratio = r["fwd_s"] / r["floor_s"] if r["floor_s"] == r["floor_s"] else float("nan")
+        out_lines.append(
+            f"| {backend} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {r['step_s']*1e3:.2f} | "
+            f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | {u} | "
+            f"{r['bytes']/1e9:.2f} | {r['floor_s']*1e3:.2f} | {ratio:.2f} | {r['peak']/2**30:.1f} | "
+            f"{(v['step_s']*1e3) if v else float('nan'):.2f} | "
+            f"{(v['step_s']/r['step_s']) if v else float('nan'):.1f}x |")
+    for line in out_lines[-(len(rows) + 3):]:
+        print(line, flush=True)
+
+
+LOG: list[str] = []
+
+
+def log(msg: str) -> None:
+    LOG.append(msg)
+    print(msg, flush=True)
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="llada2_mini,llada_8b")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes of the same families (CPU smoke run)")
+    ap.add_argument("--ks", default="1,32")
+    ap.add_argument("--batches", default="1,4,16,64")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--measure", type=int, default=8)
+    ap.add_argument("--vanilla-measure", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="where checkpoints are written (default: the temp dir)")
+    ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for the table and JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
+    ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton, k=32, batch 1)")
+    ap.add_argument("--only-check", action="store_true", help="write, build, --check/--profile, no benchmark rows")
+    ap.add_argument("--check", action="store_true", help="also compare torch vs triton bf16 logits (gpu_check)")
+    args = ap.parse_args(argv)
+    args.ks = [int(x) for x in args.ks.split(",")]
+    args.batches = [int(x) for x in args.batches.split(",")]
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark: --device cuda but no CUDA device; use --device cpu --tiny")
+    cuda = args.device == "cuda"
+    args.bandwidth = hbm_bandwidth(torch.device("cuda")) if cuda else 0.0
+    card = torch.cuda.get_device_name() if cuda else "cpu"
+    log(f"device {card}; HBM copy bandwidth {args.bandwidth / 1e12:.3f} TB/s")
+    lines = [f"card: {card}; torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"command: {' '.join(sys.argv)}"]
+    results: list[dict] = []
+    for name in args.models.split(","):
+        bench_model(name, args, lines, results)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "benchmark.md").write_text("\n".join(lines) + "\n")
+        (out / "benchmark.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "benchmark.log").write_text("\n".join(LOG) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

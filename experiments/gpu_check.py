@@ -1,0 +1,241 @@
+"""GPU correctness of the optimized path (Triton kernels) against the reference path (PyTorch), issue 7 §4.
+
+Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--real] [--out DIR]``.
+
+1. Tiny checkpoints, fp32: for each family, one engine (``kernels='auto'``, which must
+   resolve to Triton on CUDA) generates greedily with ``multi_bd`` on a few prompts; the
+   same engine, switched to the reference ops (the runner's per-layer ``kernels``
+   attribute), generates again. Outputs must agree token for token.
+2. ``--real``: a real-shape LLaDA2.0-mini checkpoint with random bf16 weights (written by
+   ``experiments/benchmark.py``'s writer): every forward of a few engine steps runs with
+   both backends on the same batch; the logits must agree within bf16 tolerance (relative
+   L2 error and top-1 agreement). ``benchmark.py --check`` runs the same comparison on the
+   engine it benchmarks.
+
+Exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TINY_FAMILIES = ("llada2", "llada", "sdar_moe", "sdar", "dream", "fast_dllm_v2")
+PROMPTS = [[11, 12, 13, 14, 15], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [7, 8, 9]]
+REL_TOL, TOP1_MIN = 0.05, 0.9  # bf16 tolerance of the logits (relative L2 error, top-1 agreement)
+
+
+def _switch(engine, backend: str) -> None:
+    from diffulex.config.enums import KernelBackend
+    from diffulex.layers.backend import set_kernel_backend
+
+    engine.runner.kernels = set_kernel_backend(engine.runner.model, backend, engine.runner.device)
+    engine.config.runtime.kernels = KernelBackend(backend)  # the runner replays CUDA graphs only on triton
+
+
+def check_tiny(root: Path, report: list[dict]) -> bool:
+    from diffulex import Diffulex
+    from diffulex.sampling_params import SamplingParams
+    from diffulex.tiny import ensure_tiny_checkpoint
+
+    ok_all = True
+    sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    for fam in TINY_FAMILIES:
+        path = ensure_tiny_checkpoint(fam, root=root)
+        try:
+            with Diffulex(str(path), device="cuda", dtype="float32", kernels="auto", decoding_strategy="multi_bd",
+                          enforce_eager=False) as llm:
+                resolved = llm.runner.kernels
+                outs = {}
+                for backend in ("triton", "torch"):
+                    _switch(llm, backend)
+                    res = llm.generate(PROMPTS, sp)
+                    outs[backend] = [t.token_ids if hasattr(t, "token_ids") else t.output_token_ids
+                                     for t in res.trajectories]
+                graphs = (llm.runner.graphs.captures, llm.runner.graphs.replays) if llm.runner.graphs else None
+            same = outs["triton"] == outs["torch"]
+            ok = same and resolved == "triton"
+            row = dict(check="tiny_fp32", family=fam, resolved=resolved, token_for_token=same, graphs=graphs,
+                       tokens=sum(len(x) for x in outs["torch"]), ok=ok)
+        except Exception as exc:  # report and go on with the other families
+            ok, row = False, dict(check="tiny_fp32", family=fam, ok=False, error=f"{type(exc).__name__}: {exc}")
+        ok_all &= ok
+        report.append(row)
+        print(json.dumps(row), flush=True)
+    return ok_all
+
+
+def _set_kernels(engine, backend: str, only: tuple[type, ...] | None = None) -> None:
+    """Switch the whole model (``only`` None) or just the modules of the ``only`` classes."""
+    if only is None:
+        _switch(engine, backend)
+        return
+    for mod in engine.runner.model.modules():
+        if getattr(mod, "uses_kernels", False) and isinstance(mod, only):
+            mod.kernels = backend
+
+
+class _Capture:
+    """Forward hooks: outputs of the decoder layers and of the routers, per run."""
+
+    def __init__(self, model) -> None:
+        from diffulex.layers.moe.router import GroupLimitedSigmoidRouter, SoftmaxTopKRouter
+
+        self.layers, self.routes, self.handles = [], [], []
+        lists = [m for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and n.endswith(("layers", "blocks"))]
+        for layer in (lists[0] if lists else []):
+            self.handles.append(layer.register_forward_hook(
+                lambda m, i, o: self.layers.append((o[0] if isinstance(o, tuple) else o).detach().float().clone())))
+        for mod in model.modules():
+            if isinstance(mod, (GroupLimitedSigmoidRouter, SoftmaxTopKRouter)):
+                self.handles.append(mod.register_forward_hook(
+                    lambda m, i, o: self.routes.append(o[0].sort(-1).values.clone())))
+
+    def reset(self) -> None:
+        self.layers, self.routes = [], []
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def compare_backends_on_engine(engine, prompt_len: int = 128, batch: int = 4, steps: int = 3,
+                               detail: bool = True) -> dict:
+    """Run ``steps`` engine steps of ``batch`` random prompts; every forward runs on torch and on
+    triton with the same inputs. Returns the worst relative L2 error and the top-1 agreement;
+    with ``detail``, also per-layer hidden-state errors, the fraction of tokens routed
+    differently per MoE layer, and the same numbers with only the attention on Triton."""
+    from diffulex.layers.attention import Attention
+    from diffulex.sampling_params import SamplingParams
+
+    orig = engine._forward
+    saved = engine.config.runtime.kernels.value
+    errs, agree, per_forward = [], [], []
+    cap = _Capture(engine.runner.model) if detail else None
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+    def both(reqs, batch_):
+        runs = {}
+        graphs_saved = engine.runner.graphs
+        engine.runner.graphs = None
+        variants = [("torch", None), ("attn_only", (Attention,)), ("triton", None)] if detail else \
+            [("torch", None), ("triton", None)]
+        for name, only in variants:
+            _switch(engine, "torch")
+            if name != "torch":
+                _set_kernels(engine, "triton", only)
+            if cap:
+                cap.reset()
+            logits = orig(reqs, batch_).float()
+            runs[name] = (logits, list(cap.layers) if cap else [], list(cap.routes) if cap else [])
+        engine.runner.graphs = graphs_saved
+        graphs = engine.runner.graphs
+        if graphs is not None:  # the same Triton path replayed from CUDA graphs (hooks do not fire there)
+            _switch(engine, "triton")
+            engine.runner.graphs = graphs
+            runs["graphs"] = (orig(reqs, batch_).float(), [], [])
+        ref, out = runs["torch"][0], runs["triton"][0]
+        errs.append(rel(out, ref))
+        agree.append(float((out.argmax(-1) == ref.argmax(-1)).float().mean()))
+        row = {"tokens": int(batch_.input_ids.shape[0]), "rel_l2": errs[-1], "top1": agree[-1]}
+        if "graphs" in runs:
+            row["graphs_vs_eager_triton_rel_l2"] = rel(runs["graphs"][0], out)
+        if detail:
+            for name in ("attn_only", "triton"):
+                lay = [rel(a, b) for a, b in zip(runs[name][1], runs["torch"][1])]
+                route = [float((a != b).any(-1).float().mean()) for a, b in zip(runs[name][2], runs["torch"][2])]
+                row[name] = {"logits_rel_l2": rel(runs[name][0], ref), "layer_rel_l2": [round(x, 4) for x in lay],
+                             "routed_differently": [round(x, 3) for x in route]}
+        per_forward.append(row)
+        _switch(engine, "triton")
+        return out
+
+    gen = torch.Generator().manual_seed(7)
+    mask_id = engine.config.model.mask_token_id
+    sp = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    ids = []
+    engine._forward = both
+    try:
+        for _ in range(batch):
+            prompt = [t if t != mask_id else t + 1 for t in torch.randint(10, 200, (prompt_len,), generator=gen).tolist()]
+            ids.append(engine.add_request(prompt, sp))
+        for _ in range(steps):
+            engine.step()
+    finally:
+        engine._forward = orig
+        if cap:
+            cap.close()
+        for r in ids:
+            engine.abort_request(r)
+            engine._requests.pop(r, None)
+        _switch(engine, saved)
+    worst, top1 = max(errs), min(agree)
+    ok = bool(worst < REL_TOL and top1 >= TOP1_MIN)
+    routed = detail and any(f["triton"]["routed_differently"] for f in per_forward)
+    if routed and not ok:
+        # MoE with random weights: bf16 rounding flips some top-k choices, and each flip
+        # moves a token's hidden state by a whole expert's output, so differences snowball
+        # with depth whichever kernel rounds differently. The check then is: the first layer
+        # agrees to bf16 precision, and the fused MoE + router add nothing beyond what the
+        # attention kernel alone (a separately verified op) already causes.
+        first = max(f["triton"]["layer_rel_l2"][0] if f["triton"]["layer_rel_l2"] else 1.0 for f in per_forward)
+        excess = max(f["triton"]["logits_rel_l2"] - 1.25 * f["attn_only"]["logits_rel_l2"] for f in per_forward)
+        ok = bool(first < 0.01 and excess < 0.02)
+    g_err = [f["graphs_vs_eager_triton_rel_l2"] for f in per_forward if "graphs_vs_eager_triton_rel_l2" in f]
+    if g_err:
+        ok = ok and max(g_err) < 1e-2
+    return dict(forwards=len(errs), max_rel_l2=worst, graphs_vs_eager_max_rel_l2=max(g_err) if g_err else None, min_top1_agreement=top1, ok=ok,
+                criterion="routing-chaos (see compare_backends_on_engine)" if routed and ok else "bf16 tolerance",
+                per_forward=per_forward)
+
+
+def check_real(workdir: Path, report: list[dict]) -> bool:
+    from diffulex import Diffulex
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from benchmark import write_checkpoint
+
+    path = write_checkpoint("llada2_mini", workdir / "llada2_mini", torch.device("cuda"))
+    with Diffulex(str(path), device="cuda", dtype="bfloat16", kernels="triton", decoding_strategy="multi_bd",
+                  block_size=32, buffer_size=1, page_size=32, max_model_len=512, enforce_eager=False) as llm:
+        res = compare_backends_on_engine(llm)
+    row = dict(check="real_bf16", model="llada2_mini", **res)
+    report.append(row)
+    print(json.dumps(row), flush=True)
+    return res["ok"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", action="store_true", help="also the real-shape bf16 logits check (writes ~32 GB)")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device", file=sys.stderr)
+        return 2
+    report: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    ok = check_tiny(tmp / "tiny", report)
+    if args.real:
+        ok &= check_real(tmp, report)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    print("gpu_check:", "OK" if ok else "FAILED", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
