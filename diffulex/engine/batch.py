@@ -32,6 +32,7 @@ class StepBatch:
     block_id: torch.Tensor  # [NB] the request's own block id
     block_force_all: torch.Tensor  # [NB] bool: fill every remaining mask this step
     row_prompt_len: torch.Tensor  # [M] prompt length of the row's request (positions below are fixed)
+    row_prev_token: torch.Tensor  # [M] the canvas token at position - 1 (-1 at position 0)
     extras: dict  # strategy inputs for the model runner (e.g. soft_inputs), see ModelRunner.run
 
 
@@ -43,7 +44,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     """Build the batch for ``reqs`` (each with its ``plan``); page tables must cover write_end."""
     ids, pos, slots, key_hi, key_lo, cu, ctx = [], [], [], [], [], [0], []
     logits_idx, row_req, row_pos, row_tok, row_block, blk_forced, blk_quota, blk_req = ([] for _ in range(8))
-    blk_id, blk_all, row_plen = [], [], []
+    blk_id, blk_all, row_plen, row_prev = [], [], [], []
     for r, (req, plan) in enumerate(zip(reqs, plans)):
         base = len(ids)
         ids.extend(req.canvas[plan.start:plan.end])
@@ -73,6 +74,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
             row_tok.append(req.canvas[p])
             row_block.append(first_block + span_index)
             row_plen.append(req.num_prompt_tokens)
+            row_prev.append(req.canvas[p - 1] if p > 0 else -1)
     max_pages = max(1, max(len(req.page_table) for req in reqs))
     table = torch.full((len(reqs), max_pages), -1, dtype=torch.long)
     for r, req in enumerate(reqs):
@@ -88,4 +90,4 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     extras = pack_extras(reqs, plans, [cu[i] for i in range(len(reqs))]) if pack_extras else {}
     return StepBatch(_long(ids), _long(pos), meta, _long(row_req), _long(row_pos), _long(row_tok), _long(row_block),
                      torch.tensor(blk_forced, dtype=torch.bool), _long(blk_quota), _long(blk_req), _long(blk_id),
-                     torch.tensor(blk_all, dtype=torch.bool), _long(row_plen), extras)
+                     torch.tensor(blk_all, dtype=torch.bool), _long(row_plen), _long(row_prev), extras)
