@@ -193,3 +193,13 @@ def test_max_nfe_stops_with_the_committed_tokens(tiny_path):
     with engine(tiny_path("diffusion_gemma"), knobs(max_denoising_steps=3)) as eng:
         tr = eng.generate([PROMPT], SamplingParams(max_tokens=300, seed=0, max_nfe=4)).trajectories[0]
     assert (tr.nfe, tr.finish_reason, len(tr.token_ids)) == (4, "max_nfe", 256)
+
+
+def test_sampling_knobs_the_canvas_loop_cannot_honour_are_refused(tiny_path):
+    import pytest
+
+    from diffulex import Diffulex, SamplingParams
+
+    with Diffulex(tiny_path("diffusion_gemma")) as llm:
+        with pytest.raises(ValueError, match="t_min"):
+            llm.generate([[20, 21]], SamplingParams(max_tokens=4, temperature=0.7))

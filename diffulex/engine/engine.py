@@ -99,6 +99,9 @@ class DiffulexEngine:
                              "version; use decoding_strategy='multi_bd' or 'd2f'")
         if not isinstance(sampling_params, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
+        check = getattr(self.components.request, "check_sampling_params", None)
+        if check is not None:
+            check(sampling_params)  # a strategy may refuse knobs it cannot honour
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise ValueError("prompt is empty: pass at least one token")

@@ -37,6 +37,15 @@ def _device(config: Any) -> torch.device:
 class DiffusionGemmaRequest(Request):
     """One prompt decoded canvas by canvas (one canvas in flight, the block ``cstart // C``)."""
 
+
+    @staticmethod
+    def check_sampling_params(sp: Any) -> None:
+        """The canvas loop sets its own temperature schedule; refuse knobs it would ignore."""
+        if sp.temperature != 0.0 or sp.top_k != 0 or sp.top_p != 1.0:
+            raise ValueError("diffusion_gemma samples with its own temperature schedule (strategy.t_min / "
+                             "strategy.t_max); leave SamplingParams.temperature, top_k and top_p at their "
+                             f"defaults (got temperature={sp.temperature}, top_k={sp.top_k}, top_p={sp.top_p})")
+
     def __init__(self, req_id: int, prompt_token_ids: list[int], sampling_params: Any, config: Any) -> None:
         super().__init__(req_id, prompt_token_ids, sampling_params, config)
         self.block_size: int = config.strategy.block_size
