@@ -7,6 +7,8 @@ slice into the parameter, raising ValueError on a shape mismatch.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +38,7 @@ def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor, shar
         copy_checked(param.data, loaded_weight)
 
 
-class LinearBase(nn.Module):
+class LinearBase(nn.Module, ABC):
     """``y = x W^T (+ b)`` with a local weight of shape ``[out_local, in_local]``."""
 
     def __init__(self, in_local: int, out_local: int, bias: bool, tp: TPGroup, dtype: torch.dtype) -> None:
@@ -50,8 +52,9 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @abstractmethod
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
-        raise NotImplementedError
+        """Implemented by each subclass."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

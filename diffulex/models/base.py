@@ -9,6 +9,8 @@ directions, so a checkpoint of another family fails on its first foreign tensor 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -48,7 +50,7 @@ def gated_mlp_layout(ckpt: str, mod: str,
             f"{ckpt}.{down}.weight": (f"{mod}.down_proj.weight", None)}
 
 
-class DiffusionLM(nn.Module):
+class DiffusionLM(nn.Module, ABC):
     """Base of every family: ``forward`` -> final-norm hidden ``[N, H]``, then ``compute_logits``.
 
     Subclasses set ``self.model`` (``.layers``, ``.norm``), ``self.lm_head`` and ``self.dtype``.
@@ -60,13 +62,13 @@ class DiffusionLM(nn.Module):
     # Checkpoint tensors that are recomputed buffers, skipped when present.
     ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
 
+    @abstractmethod
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[N, H]`` (strategies mix these into soft inputs)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def checkpoint_layout(self) -> tuple[Layout, Layout]:
         """``(required, optional)`` maps: real checkpoint name -> (parameter name, shard_id)."""
-        raise NotImplementedError
 
     def may_stay_unloaded(self, param_name: str) -> bool:
         """Parameters a checkpoint legitimately lacks (defaults kept); none by default."""

@@ -9,6 +9,8 @@ checkpoint names, so a family file sets :class:`DecoderDims` and its weight-name
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -131,7 +133,7 @@ class QwenModel(nn.Module):
         self.norm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
 
 
-class QwenLikeForDiffusion(DiffusionLM):
+class QwenLikeForDiffusion(DiffusionLM, ABC):
     """The shared decoder over a flat varlen batch; families override :meth:`read_dims`
     (config → :class:`DecoderDims`), optionally :meth:`make_mlp` / :meth:`mlp_layout`, and
     the checkpoint name table (:meth:`checkpoint_layout`, Qwen names by default).
@@ -148,8 +150,9 @@ class QwenLikeForDiffusion(DiffusionLM):
         if self.dims.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @abstractmethod
     def read_dims(self, cfg: Any) -> DecoderDims:
-        raise NotImplementedError
+        """Implemented by each subclass."""
 
     def make_mlp(self, layer_idx: int, tp: TPGroup, dtype: torch.dtype) -> nn.Module:
         """The feed-forward block of layer ``layer_idx``: a dense SwiGLU unless overridden."""
