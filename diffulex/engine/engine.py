@@ -171,7 +171,20 @@ class DiffulexEngine:
         return finished
 
     def _forward(self, reqs: list[Any], batch: Any) -> torch.Tensor:
-        """One forward of the packed batch on every rank; rank 0's logits [M, V]."""
+        """One forward of the packed batch on every rank; rank 0's logits [M, V].
+
+        With data parallelism the requests are split over the replicas (each request pinned
+        to replica ``req_id % dp``), see :mod:`diffulex.engine.data_parallel`.
+        """
+        p = self.config.parallel
+        if p.data_parallel_size > 1 and self.workers is not None:
+            from .data_parallel import can_split, forward_data_parallel
+
+            if can_split(self.config, batch):
+                return forward_data_parallel(self.runner, self.workers,
+                                             p.tensor_parallel_size * p.expert_parallel_size,
+                                             p.data_parallel_size, reqs, batch)
+        # One replica, or a batch that cannot be split: every rank runs the whole batch.
         return self.call_all("run", batch.input_ids, batch.positions, batch.meta, batch.extras)[0]
 
     def _apply(self, req: Any, plan: Any, decision: Any, elapsed: float) -> bool:

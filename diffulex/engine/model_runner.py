@@ -68,8 +68,17 @@ class ModelRunner:
 
         model_cls = AutoModel.get(self.config.family)
         tp = TPGroup(self.parallel.tp_rank, self.parallel.tp_size, self.parallel.tp_group)
+        kwargs = {}
+        if self.parallel.ep_size > 1:
+            # Expert parallelism: MoE families take the EP group and shard whole experts over it.
+            import inspect
+
+            if "ep" not in inspect.signature(model_cls.__init__).parameters:
+                raise ValueError(f"parallel.expert_parallel_size={self.parallel.ep_size}: family "
+                                 f"{self.config.family!r} does not support expert parallelism; set it to 1")
+            kwargs["ep"] = TPGroup(self.parallel.ep_rank, self.parallel.ep_size, self.parallel.ep_group)
         with torch.device(self.device):
-            model = model_cls(self.config.hf_config, tp=tp, dtype=self.dtype)
+            model = model_cls(self.config.hf_config, tp=tp, dtype=self.dtype, **kwargs)
         lora = self.config.lora
         if lora.enabled:
             from ..lora import load_weights_with_lora
@@ -140,7 +149,11 @@ class ModelRunner:
         ids = None if "inputs_embeds" in kwargs else input_ids
         hidden = self.model(ids, positions.to(dev), meta, self.kv_caches or None, **kwargs)  # [N, H]
         logits = self.model.compute_logits(hidden[meta.logits_indices])  # [M, V]
-        return logits if self.parallel.is_driver else None
+        if self.parallel.is_driver:
+            return logits
+        # A data-parallel replica's driver (its first rank) sends its logits to rank 0.
+        replica_size = self.parallel.tp_size * self.parallel.ep_size
+        return logits.cpu() if self.parallel.rank % replica_size == 0 else None
 
     # -- lifecycle ----------------------------------------------------------------------
     def ping(self) -> int:

@@ -74,7 +74,7 @@ class LLaDA2Attention(nn.Module):
 class LLaDA2SparseMoe(nn.Module):
     """Routed experts (sigmoid group-limited router) plus optional shared experts."""
 
-    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
         hidden = cfg_get(cfg, "hidden_size")
         width = cfg_get(cfg, "moe_intermediate_size")
@@ -84,7 +84,7 @@ class LLaDA2SparseMoe(nn.Module):
         self.gate = GroupLimitedSigmoidRouter(
             hidden, cfg_get(cfg, "num_experts"), cfg_get(cfg, "num_experts_per_tok"),
             cfg_get(cfg, "n_group"), cfg_get(cfg, "topk_group"), cfg_get(cfg, "routed_scaling_factor"), dtype)
-        self.experts = StackedExperts(cfg_get(cfg, "num_experts"), hidden, width, tp, dtype)
+        self.experts = StackedExperts(cfg_get(cfg, "num_experts"), hidden, width, tp, dtype, ep=ep)
         num_shared = cfg_get(cfg, "num_shared_experts", None) or 0
         self.shared_experts = GatedMLP(hidden, width * num_shared, tp, dtype) if num_shared else None
 
@@ -100,7 +100,7 @@ class LLaDA2SparseMoe(nn.Module):
 class LLaDA2DecoderLayer(nn.Module):
     """Pre-norm block: attention then dense MLP or MoE, each with a residual."""
 
-    def __init__(self, cfg: Any, layer_idx: int, tp: TPGroup, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: Any, layer_idx: int, tp: TPGroup, dtype: torch.dtype, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
         hidden, eps = cfg_get(cfg, "hidden_size"), cfg_get(cfg, "rms_norm_eps", 1e-6)
         self.input_layernorm = RMSNorm(hidden, eps, dtype)
@@ -108,7 +108,7 @@ class LLaDA2DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden, eps, dtype)
         self.is_moe = is_moe_layer(cfg, layer_idx)
         if self.is_moe:
-            self.mlp = LLaDA2SparseMoe(cfg, tp, dtype)
+            self.mlp = LLaDA2SparseMoe(cfg, tp, dtype, ep)
         else:
             self.mlp = GatedMLP(hidden, cfg_get(cfg, "intermediate_size"), tp, dtype)
 
@@ -126,12 +126,12 @@ def is_moe_layer(cfg: Any, layer_idx: int) -> bool:
 class LLaDA2Model(nn.Module):
     """Embedding, decoder stack and final norm."""
 
-    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype) -> None:
+    def __init__(self, cfg: Any, tp: TPGroup, dtype: torch.dtype, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
         hidden = cfg_get(cfg, "hidden_size")
         self.word_embeddings = VocabParallelEmbedding(cfg_get(cfg, "vocab_size"), hidden, tp, dtype)
         self.layers = nn.ModuleList(
-            LLaDA2DecoderLayer(cfg, i, tp, dtype) for i in range(cfg_get(cfg, "num_hidden_layers")))
+            LLaDA2DecoderLayer(cfg, i, tp, dtype, ep) for i in range(cfg_get(cfg, "num_hidden_layers")))
         self.norm = RMSNorm(hidden, cfg_get(cfg, "rms_norm_eps", 1e-6), dtype)
 
 
@@ -147,14 +147,17 @@ class LLaDA2MoeForDiffusion(DiffusionLM):
     # Some LLaDA2 exports name the router bias after DeepSeek-V3.
     checkpoint_aliases = {"e_score_correction_bias": "expert_bias"}
 
-    def __init__(self, hf_config: Any, tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, hf_config: Any, tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.bfloat16,
+                 ep: TPGroup = TPGroup()) -> None:
+        """``ep``: the expert-parallel group; routed experts are sharded over it (see StackedExperts)."""
         super().__init__()
         check_default_rope(hf_config, "LLaDA2")
         self.config = hf_config
         self.tp = tp
         self.dtype = dtype
         self.tie_word_embeddings = bool(cfg_get(hf_config, "tie_word_embeddings", False))
-        self.model = LLaDA2Model(hf_config, tp, dtype)
+        self.ep = ep
+        self.model = LLaDA2Model(hf_config, tp, dtype, ep)
         self.lm_head = ParallelLMHead(cfg_get(hf_config, "vocab_size"), cfg_get(hf_config, "hidden_size"), tp, dtype)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.word_embeddings.weight

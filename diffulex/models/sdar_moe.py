@@ -30,10 +30,10 @@ class SDARMoeSparseBlock(nn.Module):
     """Softmax top-k routed experts plus an optional sigmoid-gated shared expert."""
 
     def __init__(self, hidden: int, num_experts: int, top_k: int, norm_topk_prob: bool, width: int,
-                 shared_width: int, tp: TPGroup, dtype: torch.dtype) -> None:
+                 shared_width: int, tp: TPGroup, dtype: torch.dtype, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
         self.gate = SoftmaxTopKRouter(hidden, num_experts, top_k, norm_topk_prob, dtype)
-        self.experts = StackedExperts(num_experts, hidden, width, tp, dtype)
+        self.experts = StackedExperts(num_experts, hidden, width, tp, dtype, ep=ep)
         self.shared_expert = GatedMLP(hidden, shared_width, tp, dtype) if shared_width else None
         self.shared_expert_gate = ReplicatedLinear(hidden, 1, tp=tp, dtype=dtype) if shared_width else None
 
@@ -52,6 +52,12 @@ class SDARMoeForDiffusion(QwenLikeForDiffusion):
 
     family_label = "SDAR-MoE"
 
+    def __init__(self, hf_config: Any, tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.bfloat16,
+                 ep: TPGroup = TPGroup()) -> None:
+        """``ep``: the expert-parallel group; routed experts are sharded over it (see StackedExperts)."""
+        self._ep = ep  # read by make_mlp while the base class builds the layers
+        super().__init__(hf_config, tp, dtype)
+
     def read_dims(self, cfg: Any) -> DecoderDims:
         return sdar_dims(cfg, "SDAR-MoE")
 
@@ -67,7 +73,7 @@ class SDARMoeForDiffusion(QwenLikeForDiffusion):
         get = partial(cfg_get, self.config, family="SDAR-MoE")
         return SDARMoeSparseBlock(self.dims.hidden_size, get("num_experts"), get("num_experts_per_tok"),
                                   bool(get("norm_topk_prob", False)), get("moe_intermediate_size"),
-                                  get("shared_expert_intermediate_size", 0) or 0, tp, dtype)
+                                  get("shared_expert_intermediate_size", 0) or 0, tp, dtype, self._ep)
 
     def mlp_layout(self, ckpt: str, mod: str, layer: QwenDecoderLayer) -> Layout:
         mlp = layer.mlp

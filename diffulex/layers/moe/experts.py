@@ -13,9 +13,11 @@ from diffulex.layers.parallel import TPGroup
 class StackedExperts(nn.Module):
     """``num_experts`` gated MLPs held as ``w13: [E_local, 2I, H]`` (gate | up) and ``w2: [E_local, H, I]``.
 
-    With tensor parallelism whole experts are sharded: rank r owns experts
-    ``[r * E_local, (r + 1) * E_local)``; every rank routes all tokens, computes its own
-    experts and the partial sums are all-reduced.
+    With tensor and/or expert parallelism whole experts are sharded over the ``ep x tp``
+    ranks of a replica: shard ``s = ep.rank * tp.size + tp.rank`` owns experts
+    ``[s * E_local, (s + 1) * E_local)``; every rank routes all tokens, computes its own
+    experts and the partial sums are all-reduced over the tensor group, then over the
+    expert group (attention and dense layers are replicated across the expert group).
 
     ``weight_loader(param, loaded, shard_id=(expert_id, "gate" | "up" | "down"))`` takes one
     expert's full checkpoint matrix; experts owned by another rank are skipped.
@@ -29,12 +31,17 @@ class StackedExperts(nn.Module):
     uses_kernels = True
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
-                 tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32) -> None:
+                 tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
         self.tp = tp
+        self.ep = ep
         self.num_experts = num_experts
-        self.num_local = tp.split(num_experts, "num_experts")
-        self.expert_start = tp.rank * self.num_local
+        shards = tp.size * ep.size
+        if num_experts % shards:
+            raise ValueError(f"num_experts={num_experts} is not divisible by tensor-parallel size {tp.size} x "
+                             f"expert-parallel size {ep.size}; pick sizes whose product divides it")
+        self.num_local = num_experts // shards
+        self.expert_start = (ep.rank * tp.size + tp.rank) * self.num_local
         self.intermediate_size = intermediate_size
         self.kernels = "torch"
         self.w13 = nn.Parameter(torch.empty(self.num_local, 2 * intermediate_size, hidden_size, dtype=dtype),
@@ -70,7 +77,9 @@ class StackedExperts(nn.Module):
 
             y = get_ops(x.device, self.kernels).fused_moe(
                 x.contiguous(), topk_ids, topk_weights, self.w13, self.w2, self.expert_start, self.num_experts)
-            return self.tp.all_reduce(y.float()).to(x.dtype) if self.tp.size > 1 else y
+            if self.tp.size * self.ep.size == 1:
+                return y
+            return self.ep.all_reduce(self.tp.all_reduce(y.float())).to(x.dtype)
         k = topk_ids.shape[1]
         flat_ids = topk_ids.flatten()  # [T*k]
         order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert
@@ -90,4 +99,4 @@ class StackedExperts(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             y = F.linear(F.silu(gate) * up, self.w2[local])  # [n, H]
             out.index_add_(0, tokens, y.float() * weight_of[rows, None])
-        return self.tp.all_reduce(out).to(x.dtype)
+        return self.ep.all_reduce(self.tp.all_reduce(out)).to(x.dtype)

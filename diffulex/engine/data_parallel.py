@@ -1,0 +1,122 @@
+"""Data parallelism: one engine step's requests spread over the DP replicas.
+
+A replica is the ``tp x ep`` ranks sharing a data-parallel index; rank ``d * tp * ep`` drives
+replica ``d`` (rank 0, the caller, drives replica 0). Each request is pinned to replica
+``req_id % dp`` for its whole life, so its KV pages are always written and read by the same
+replica. Every replica allocates its own cache tensors of the same page count while rank 0's
+KV manager hands out page ids from one pool: the same page id on two replicas is two
+different memories, and a page id belongs to one request at a time, so requests never
+collide. (Prefix caching shares pages *between* requests, which would cross replicas; the
+engine then runs every replica on the whole batch instead, see :func:`can_split`.)
+
+The packed batch of the step is sliced per replica (requests, tokens and logits rows keep
+their relative order), each replica's ranks run their slice, the replica drivers send their
+logits back over the worker pipes, and the rows are put back in the batch's order for the
+sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..layers.attention_metadata import AttentionMetadata
+
+
+def replica_of(req_id: int, dp: int) -> int:
+    """The data-parallel replica that holds request ``req_id`` for its lifetime."""
+    return req_id % dp
+
+
+def can_split(config: Any, batch: Any) -> bool:
+    """Whether the step may be split over replicas.
+
+    Not with prefix caching (a cached page may have been written by another replica) and not
+    with strategy extras (their layout is strategy-specific, so they cannot be sliced here).
+    """
+    return not config.cache.enable_prefix_caching and not batch.extras
+
+
+@dataclass
+class ReplicaSlice:
+    """One replica's part of a step: the runner inputs and the full-batch logits rows it fills."""
+
+    replica: int
+    input_ids: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    meta: AttentionMetadata
+    rows: torch.Tensor  # [m] long: rows of the full batch's logits, in the slice's order
+
+
+def split_batch(batch: Any, owners: list[int], dp: int) -> list[ReplicaSlice]:
+    """Slice ``batch`` by request owner (``owners[r]`` = replica of request ``r``); empty replicas omitted."""
+    meta = batch.meta
+    cu = meta.cu_seqlens_q.tolist()
+    row_req = batch.row_request
+    logits_idx = meta.logits_indices
+    out = []
+    for d in range(dp):
+        sel = [r for r, o in enumerate(owners) if o == d]
+        if not sel:
+            continue
+        tok = torch.cat([torch.arange(cu[r], cu[r + 1]) for r in sel])  # [n]
+        new_cu = [0]
+        for r in sel:
+            new_cu.append(new_cu[-1] + cu[r + 1] - cu[r])
+        shift = torch.zeros(len(owners), dtype=torch.long)  # per request: new start - old start
+        for j, r in enumerate(sel):
+            shift[r] = new_cu[j] - cu[r]
+        mine = torch.tensor([owners[r] == d for r in range(len(owners))])
+        rows = torch.nonzero(mine[row_req], as_tuple=False).flatten()  # [m], ascending
+        sel_t = torch.tensor(sel, dtype=torch.long)
+        sub = AttentionMetadata(
+            cu_seqlens_q=torch.tensor(new_cu, dtype=torch.long), positions=meta.positions[tok],
+            context_lens=meta.context_lens[sel_t], page_table=meta.page_table[sel_t],
+            slot_mapping=meta.slot_mapping[tok], key_lo=meta.key_lo[tok], key_hi=meta.key_hi[tok],
+            cache_only=meta.cache_only[sel_t],
+            logits_indices=logits_idx[rows] + shift[row_req[rows]], page_size=meta.page_size)
+        out.append(ReplicaSlice(d, batch.input_ids[tok], batch.positions[tok], sub, rows))
+    return out
+
+
+def forward_data_parallel(runner: Any, workers: Any, replica_size: int, dp: int,
+                          reqs: list[Any], batch: Any) -> torch.Tensor:
+    """Run each replica on its requests; logits ``[M, V]`` in the full batch's row order.
+
+    ``runner`` is rank 0's model runner (replica 0's driver); ``workers`` holds ranks
+    1..world-1, whose pipe ``i`` leads to rank ``i + 1``.
+    """
+    owners = [replica_of(req.req_id, dp) for req in reqs]
+    slices = split_batch(batch, owners, dp)
+    sent: list[tuple[int, ReplicaSlice]] = []  # (worker index, slice)
+    for s in slices:
+        for rank in range(s.replica * replica_size, (s.replica + 1) * replica_size):
+            if rank == 0:
+                continue
+            workers.conns[rank - 1].send(("run", (s.input_ids, s.positions, s.meta, {})))
+            sent.append((rank - 1, s))
+    results: dict[int, torch.Tensor] = {}
+    error: Optional[BaseException] = None
+    try:
+        local = next((s for s in slices if s.replica == 0), None)
+        if local is not None:
+            results[0] = runner.run(local.input_ids, local.positions, local.meta, {})
+    except BaseException as exc:  # drain the workers before re-raising, to keep the pipes in step
+        error = exc
+    for index, s in sent:
+        try:
+            got = workers._expect(index, "ok", None)
+        except BaseException as exc:
+            error = error or exc
+            continue
+        if index + 1 == s.replica * replica_size:
+            results[s.replica] = got
+    if error is not None:
+        raise error
+    first = results[slices[0].replica]
+    logits = torch.empty((batch.row_request.numel(), first.shape[-1]), dtype=first.dtype, device=first.device)
+    for s in slices:
+        logits[s.rows.to(logits.device)] = results[s.replica].to(logits.device)
+    return logits
