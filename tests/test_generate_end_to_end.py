@@ -74,12 +74,6 @@ def test_limits_and_stop_conditions(tiny_path):
             assert stopped.finish_reason == "stop" and stop_text not in stopped.text
 
 
-def test_unimplemented_strategy_says_so_and_engine_stays_usable(tiny_path):
-    with Diffulex(tiny_path("fast_dllm_v2"), decoding_strategy="fast_dllm_v2") as llm:
-        with pytest.raises(ValueError, match="no decode loop"):
-            llm.generate(["hi"], SamplingParams(max_tokens=4))
-
-
 def test_exit_then_generate_is_a_clear_error(tiny_path):
     llm = Diffulex(tiny_path("llada2"))
     llm.exit()

@@ -95,8 +95,9 @@ class DiffulexEngine:
         """Queue one prompt (text or token ids); returns its request id."""
         self._check_open()
         if not hasattr(self.components.request, "plan") or self.sampler is None:
-            raise ValueError(f"strategy {self.config.strategy.name.value!r} has no decode loop yet in this "
-                             "version; use decoding_strategy='multi_bd' or 'd2f'")
+            raise ValueError(f"strategy {self.config.strategy.name.value!r}: the request class "
+                             f"{self.components.request.__name__} has no plan() or no sampler is registered "
+                             "for it; pass components with a request class and a sampler")
         if not isinstance(sampling_params, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
         check = getattr(self.components.request, "check_sampling_params", None)

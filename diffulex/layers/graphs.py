@@ -91,6 +91,9 @@ class DecodeGraphs:
         dev = self.device
         tensors, fields = {}, {}
         for name, value in vars(meta).items():
+            if name == "logits_indices":  # not read by the model body; rows vary step to step
+                fields[name] = value[:0].to(dev)
+                continue
             if not torch.is_tensor(value):
                 fields[name] = value
             elif name == "page_table":

@@ -3,7 +3,7 @@
 Importing this package registers the built-in samplers (``AutoSampler``).
 """
 
-from . import diffusion_gemma, dmax, edit, naive, quota  # noqa: F401  (registers)
+from . import diffusion_gemma, dmax, edit, fast_dllm_v2, naive, quota  # noqa: F401  (registers)
 from .accept import accept_masks
 from .base import Decision, Sampler
 from .select import SelectionParams, select_tokens

@@ -1,5 +1,175 @@
-"""Strategy `fast_dllm_v2`: registers its engine components."""
+"""Strategy ``fast_dllm_v2``: hierarchical block / sub-block decoding with the dual cache.
 
+Blocks of ``block_size`` (32) tokens are aligned at absolute position 0 and attend
+block-causally; the first block decoded holds the prompt tail (its prompt tokens fixed).
+A block is split into ``buffer_size`` sub-blocks of ``sub_block_size`` tokens, decoded in
+order: a step fills the current sub-block's masks whose confidence exceeds
+``accept_threshold``, and always at least its best one. Logits are shifted (the row
+predicting position p is the model output at p - 1).
+
+Per block (``use_dual_cache=True``):
+
+1. *Full pass.* One forward of the whole block (masks included), fused with the final
+   tokens of the block just finished: it writes the finished block's final KV and the
+   current block's KV, and gives logits for the first sub-block. The first position of a
+   block that starts after the prompt is the AR seed: it takes the argmax predicted from
+   the finished block's last output whatever its confidence.
+2. *Sub-block refine.* Every later step forwards only the current sub-block plus the
+   position before it (the row predicting its first position), with ``cache_only``: their
+   new KV overwrites the cache first, and the keys are the cached positions ``[0, block
+   end)`` — the committed prefix and the block's other sub-blocks as of the last write
+   (the dual cache; stale by design). A position before the block is never rewritten.
+3. When no mask is left the block commits; the next block's full pass stores its final KV.
+
+With ``use_dual_cache=False`` every step is a full pass (the block recomputed against the
+committed prefix), with the same sub-block gating.
+
+The engine's batch packer sets a sequence's cached length to ``plan.start``; a cache-only
+step needs the whole block's cache as keys, so the request passes the block end in the
+step's extras and this strategy's model runner applies it (see ``FastDLLMv2Runner``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..config.families import FAMILIES
+from ..engine.block_scheduler import BlockScheduler
+from ..engine.model_runner import ModelRunner
+from ..engine.plan import StepPlan
+from ..engine.request import Request
 from .base import register_strategy
+from .pipelined import BlockRequest
 
-register_strategy("fast_dllm_v2")
+
+@dataclasses.dataclass
+class SubBlockPlan(StepPlan):
+    """A step plan whose logits rows are exactly the current sub-block's (``spans[0]``)."""
+
+    context_len: int = -1  # cache_only: the cached keys [0, context_len); -1: ``start``
+    seed: int = -1  # position filled by its argmax whatever its confidence (-1: none)
+
+    def query_positions(self) -> range:
+        lo, hi = self.spans[0]
+        return range(max(lo, self.start + int(self.shift)), hi)
+
+
+class FastDLLMv2Request(BlockRequest):
+    """One block at a time, its sub-blocks decoded in order (interface of BlockRequest)."""
+
+    def __init__(self, req_id: int, prompt_token_ids: list[int], sampling_params: Any, config: Any) -> None:
+        Request.__init__(self, req_id, prompt_token_ids, sampling_params, config)
+        s = config.strategy
+        self.block_size: int = s.block_size
+        self.buffer_size: int = 1  # one block in flight
+        self.sub_block_size: int = s.block_size // s.buffer_size
+        self.dual_cache: bool = bool(s.use_dual_cache)
+        self.prefix_full = False
+        self.mask_id: int = config.model.mask_token_id
+        self.shift: bool = FAMILIES[config.family].shift
+        self.canvas: list[int] = list(prompt_token_ids)
+        self.inflight: list[int] = []
+        self.refining: set[int] = set()
+        self.block_steps: dict[int, int] = {}
+        self.stability: dict[int, float] = {}
+        self.num_cached = 0  # positions whose cached KV is final
+        self.block_cached = False  # the current block's KV is in the cache (from a full pass)
+        self.seed_position = -1  # this step's AR-seed position (see plan)
+        self.stopped = False
+        self.output_token_ids: list[int] | None = None
+        self._open_block(self.num_prompt_tokens // self.block_size)
+
+    def step_token_bound(self) -> int:
+        return self.block_span(self.inflight[-1])[1] - self.num_cached + 1
+
+    def current_sub_block(self) -> tuple[int, int]:
+        """The first sub-block of the block in flight that still has a mask."""
+        lo, hi = self.block_span(self.inflight[0])
+        for a in range(lo, hi, self.sub_block_size):
+            if self.mask_id in self.canvas[a:a + self.sub_block_size]:
+                return a, a + self.sub_block_size
+        return hi - self.sub_block_size, hi  # complete (commit_ready_blocks pops it)
+
+    def plan(self, config: Any) -> StepPlan:
+        b = self.inflight[0]
+        lo, hi = self.block_span(b)
+        sub = self.current_sub_block()
+        common = dict(spans=[sub], forced=[True], quota=[-1], blocks=[b], shift=self.shift,
+                      force_all=[self.must_finish(b, config)])
+        if self.dual_cache and self.block_cached:
+            # Refine the sub-block against the cache; re-feed the position before it for the
+            # row predicting its first position (rewritten in place only inside the block).
+            start = max(sub[0] - int(self.shift), 0)
+            self.seed_position = -1
+            return SubBlockPlan(start=start, end=sub[1], write_start=max(start, lo), write_end=sub[1],
+                                cache_only=True, context_len=hi, **common)
+        # Full pass: the block (and the final tokens not cached yet) written, block-causal.
+        # A shift family re-feeds its last cached token: its output predicts the next position.
+        start = self.num_cached - 1 if self.shift and self.num_cached > 0 else self.num_cached
+        seed = lo if lo >= self.num_prompt_tokens and self.canvas[lo] == self.mask_id and self.shift else -1
+        self.seed_position = seed  # read by the sampler
+        return SubBlockPlan(start=start, end=hi, write_start=self.num_cached, write_end=hi, seed=seed, **common)
+
+    def after_forward(self, plan: StepPlan) -> None:
+        self.nfe += 1
+        for b in plan.blocks:
+            self.block_steps[b] = self.block_steps.get(b, 0) + 1
+        if not plan.cache_only:
+            # Everything before the block is final now; the block's KV is in the cache (not final).
+            self.num_cached = max(self.num_cached, self.block_span(plan.blocks[0])[0])
+            self.block_cached = True
+
+    def commit_ready_blocks(self, eos_ids: set[int]) -> None:
+        before = list(self.inflight)
+        super().commit_ready_blocks(eos_ids)
+        if self.inflight != before:
+            self.block_cached = False  # a new block: its first step is a full pass
+
+    def preempt(self) -> None:
+        self.num_cached = 0
+        self.block_cached = False
+
+    @classmethod
+    def pack_extras(cls, reqs: list[Any], plans: list[Any], bases: list[int]) -> dict:
+        if not any(p.cache_only for p in plans):
+            return {}
+        ctx = [p.context_len if getattr(p, "context_len", -1) >= 0 else p.start for p in plans]
+        return {"fdv2_context_lens": torch.tensor(ctx, dtype=torch.long)}
+
+
+class _RowFreeGraphs:
+    """CUDA graphs fed a metadata without logits rows (the graph never reads them; the
+    number of rows of one token shape varies here, which DecodeGraphs would try to copy)."""
+
+    def __init__(self, graphs: Any) -> None:
+        self.graphs = graphs
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+        return self.graphs.run(input_ids, positions, dataclasses.replace(meta, logits_indices=meta.logits_indices[:0]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.graphs, name)
+
+
+class FastDLLMv2Runner(ModelRunner):
+    """The shared runner; a cache-only sequence reads the cached keys up to its block end."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.graphs is not None:
+            self.graphs = _RowFreeGraphs(self.graphs)
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+            extras: dict[str, Any] | None = None) -> torch.Tensor | None:
+        extras = dict(extras or {})
+        ctx = extras.pop("fdv2_context_lens", None)
+        if ctx is not None:
+            meta = dataclasses.replace(meta, context_lens=ctx.to(meta.context_lens.device))
+        return super().run(input_ids, positions, meta, extras)
+
+
+register_strategy("fast_dllm_v2", request=FastDLLMv2Request, scheduler=BlockScheduler,
+                  model_runner=FastDLLMv2Runner)
