@@ -30,6 +30,8 @@ def test_grid_runs_in_one_process_and_summarizes(tiny_root, tmp_path):
     assert not session_processes(proc.pid)
     results = [json.loads((sweep / str(j) / "results.json").read_text()) for j in range(4)]
     assert [r["status"] for r in results] == ["ok"] * 4
+    # Jobs share the process and the checkpoint: only the first one reads the weights.
+    assert [r["weights"] for r in results] == [{"reused": i, "loaded": 1} for i in range(4)]
     # Between jobs exit() released everything: no child, no extra thread, flat memory.
     res = [r["resources"] for r in results]
     assert all(r["children"] == 0 for r in res)

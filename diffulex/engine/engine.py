@@ -36,8 +36,9 @@ class DiffulexEngine:
     """An inference engine for one checkpoint, strategy and topology. Use ``with`` or ``exit()``."""
 
     def __init__(self, model: Any, *, components: Optional[EngineComponents] = None,
-                 observers: Sequence[Any] = (), **kwargs: Any) -> None:
+                 observers: Sequence[Any] = (), weight_cache: Any = None, **kwargs: Any) -> None:
         self._closed = False
+        self.weight_cache = weight_cache  # a WeightCache shared by engines of one process (single rank)
         self.observers = list(observers)
         self.workers: Optional[WorkerGroup] = None
         self.runner: Any = None
@@ -74,7 +75,8 @@ class DiffulexEngine:
             self.workers.wait("started", timeout_s=config.parallel.timeout_s)
         self.parallel = join_parallel_state(config, 0)
         self.tokenizer = config.tokenizer
-        self.runner = runner_cls(config, self.parallel)
+        extra = {"weight_cache": self.weight_cache} if self.weight_cache is not None else {}
+        self.runner = runner_cls(config, self.parallel, **extra)
         if self.workers is not None:
             self.workers.wait("ready")
         self.kv_cache_manager = self.components.kv_cache_manager(

@@ -29,12 +29,16 @@ def resolve_dtype(value: DType, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Builds and holds one rank's model and KV cache."""
 
-    def __init__(self, config: Config, parallel: ParallelState) -> None:
+    def __init__(self, config: Config, parallel: ParallelState, weight_cache: Any = None) -> None:
         self.config = config
         self.parallel = parallel
         self.device = self._pick_device()
         self.dtype = resolve_dtype(config.model.dtype, self.device)
-        self.model = self._build_model()
+        if weight_cache is not None and parallel.world_size == 1:
+            key = weight_cache.key_for(config, self.device, self.dtype)
+            self.model = weight_cache.get_or_build(key, self._build_model)
+        else:
+            self.model = self._build_model()
         from ..layers.backend import set_kernel_backend
 
         # runtime.kernels → a ``kernels`` attribute on each kernel-calling layer (no globals).

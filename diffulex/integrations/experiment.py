@@ -31,6 +31,7 @@ from diffulex import Diffulex, SamplingParams
 from diffulex.analysis.quality import exact_match
 from diffulex.engine import metrics
 from diffulex.engine.outputs import GenerationOutputs
+from diffulex.engine.weight_cache import WeightCache
 from diffulex.integrations.builders import build_components, build_observer
 from diffulex.integrations.hydra_store import config_from_hydra
 from diffulex.integrations.prompts import load_prompts
@@ -59,6 +60,11 @@ def _hydra_job() -> Optional[dict[str, Any]]:
     return {"output_dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task),
             "sweep_name": os.path.basename(os.path.normpath(hc.sweep.dir)) if multirun else None,
             "job_name": hc.job.override_dirname or None, "job_num": hc.job.get("num") if multirun else None}
+
+
+# One per process: Hydra's basic launcher runs every multirun job here, and jobs that share a
+# checkpoint reuse its loaded weights instead of reading them again (experiment.reuse_weights).
+WEIGHTS = WeightCache()
 
 
 def objectives() -> list[str]:
@@ -100,11 +106,13 @@ def _run(cfg: DictConfig, out: str, job: dict[str, Any], results: dict[str, Any]
     observer = build_observer(cfg.logger, run_config=config.to_dict(), run_dir=out,
                               sweep_name=job.get("sweep_name"), job_name=job.get("job_name"))
     print(f"{len(prompts)} prompt(s) from {source}")
-    with Diffulex(config, components=components, observers=[observer]) as llm:
+    cache = WEIGHTS if exp.get("reuse_weights", True) else None
+    with Diffulex(config, components=components, observers=[observer], weight_cache=cache) as llm:
         outputs = llm.generate([p.text for p in prompts], params, use_tqdm=len(prompts) > 1)
     for traj in outputs.trajectories:
         print(f"[{traj.index}] ({traj.finish_reason}, nfe={traj.nfe}) {traj.text!r}")
     outputs.save_jsonl(os.path.join(out, "trajectories.jsonl"))
+    results["weights"] = {"reused": WEIGHTS.hits, "loaded": WEIGHTS.loads} if cache is not None else None
     summary = outputs.summary()
     quality = exact_match([t.text for t in outputs], [p.reference for p in prompts])
     print("summary: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
