@@ -426,7 +426,6 @@ def _free(engine) -> None:
 
 def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> None:
     from diffulex import Diffulex
-    from diffulex.engine.components import EngineComponents
     from diffulex.layers.backend import set_kernel_backend
 
     cuda = args.device == "cuda"

@@ -180,7 +180,6 @@ def reference_decode(logits_fn: LogitsFn, prompt: Sequence[int], *, max_tokens: 
         return sum(1 for t in canvas[b * B:(b + 1) * B] if t != mask_id) / B if (b + 1) * B <= len(canvas) else 0.0
 
     add_block(P // B)
-    first_step = True
     nfe = 0
     while True:
         if len(steps) >= max_steps:
@@ -191,7 +190,6 @@ def reference_decode(logits_fn: LogitsFn, prompt: Sequence[int], *, max_tokens: 
             add_block(last_added + 1)
         elif not inflight:  # cannot happen: a committed block either stops or leaves room to add
             raise AssertionError("no block in flight and none can be added")
-        first_step = False
         # (2) one forward over [0, L)
         L = (inflight[-1] + 1) * B
         assert len(canvas) == L

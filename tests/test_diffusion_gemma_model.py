@@ -52,7 +52,7 @@ def meta_for(seqs: list[tuple[int, int, int]], page_table=None, slots=None) -> A
 
     Encoder tokens are causal; canvas tokens see everything up to the canvas end.
     """
-    pos, lo, hi, cu = [], [], [], [0]
+    pos, hi, cu = [], [], [0]
     for ctx, enc, can in seqs:
         p = torch.arange(ctx, ctx + enc + can)
         end = ctx + enc + can

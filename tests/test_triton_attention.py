@@ -7,33 +7,18 @@ group, head dims 8..256 with padding, odd page sizes and lengths, strided K/V wr
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-# Kernels decorated under TRITON_INTERPRET=1 run on CPU tensors. The variable is set only
-# while this module imports them and while its tests run, so the rest of the suite is unaffected.
-_PREVIOUS = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autouse fixture)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton")
-
-from diffulex.kernels import reference as ref  # noqa: E402
-from diffulex.kernels.triton.paged_attention import paged_attention  # noqa: E402
-from diffulex.kernels.triton.store_kvcache import store_kvcache  # noqa: E402
-from diffulex.layers.attention_metadata import AttentionMetadata  # noqa: E402
-from test_paged_attention import CASES, build  # noqa: E402
-
-if _PREVIOUS is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _PREVIOUS
-
-
-@pytest.fixture(autouse=True)
-def _triton_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+with interpreted():  # triton and the kernels read the setting at import: keep it on then
+    pytest.importorskip("triton")
+    from diffulex.kernels import reference as ref
+    from diffulex.kernels.triton.paged_attention import paged_attention
+    from diffulex.kernels.triton.store_kvcache import store_kvcache
+    from diffulex.layers.attention_metadata import AttentionMetadata
+    from test_paged_attention import CASES, build
 
 
 def random_batch(gen, seqs, hq, hkv, d, page, dtype=torch.float32):

@@ -8,34 +8,19 @@ against the router module and StackedExperts.
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
+import torch.nn.functional as F
 
-# Kernels decorated under TRITON_INTERPRET=1 run on CPU tensors. The variable is set only
-# while this module imports them and while its tests run, so the rest of the suite is unaffected.
-_PREVIOUS = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autouse fixture)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-pytest.importorskip("triton")
-
-from diffulex.kernels import reference as ref  # noqa: E402
-from diffulex.kernels.triton.fused_moe import fused_moe, moe_align  # noqa: E402
-from diffulex.kernels.triton.moe_router import group_limited_topk  # noqa: E402
-from diffulex.layers.moe.experts import StackedExperts  # noqa: E402
-from diffulex.layers.moe.router import GroupLimitedSigmoidRouter  # noqa: E402
-
-if _PREVIOUS is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _PREVIOUS
-
-
-@pytest.fixture(autouse=True)
-def _triton_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+with interpreted():  # triton and the kernels read the setting at import: keep it on then
+    pytest.importorskip("triton")
+    from diffulex.kernels import reference as ref
+    from diffulex.kernels.triton.fused_moe import fused_moe, moe_align
+    from diffulex.kernels.triton.moe_router import group_limited_topk
+    from diffulex.layers.moe.experts import StackedExperts
+    from diffulex.layers.moe.router import GroupLimitedSigmoidRouter
 
 ROUTERS = [  # (E, n_group, topk_group, top_k, scaling)
     (16, 4, 2, 3, 2.5),

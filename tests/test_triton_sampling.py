@@ -6,31 +6,16 @@ softmax, vocabularies spanning several chunks with ragged tails, bf16 logits.
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-# Kernels decorated under TRITON_INTERPRET=1 run on CPU tensors. The variable is set only
-# while this module imports them and while its tests run, so the rest of the suite is unaffected.
-_PREVIOUS = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autouse fixture)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton")
-
-from diffulex.kernels import reference as ref  # noqa: E402
-from diffulex.kernels.triton.greedy_confidence import greedy_confidence  # noqa: E402
-from diffulex.sampling.select import SelectionParams, select_tokens  # noqa: E402
-
-if _PREVIOUS is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _PREVIOUS
-
-
-@pytest.fixture(autouse=True)
-def _triton_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+with interpreted():  # triton and the kernels read the setting at import: keep it on then
+    pytest.importorskip("triton")
+    from diffulex.kernels import reference as ref
+    from diffulex.kernels.triton.greedy_confidence import greedy_confidence
+    from diffulex.sampling.select import SelectionParams, select_tokens
 
 
 @pytest.mark.parametrize("rows,vocab", [(1, 37), (5, 1000), (3, 5003)])

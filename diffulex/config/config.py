@@ -16,14 +16,13 @@ from typing import Any, Optional
 
 from .aliases import FLAT_ALIASES, GROUPS
 from .cache import CacheConfig
-from .enums import Device, DType, SamplingMode, StrategyName
+from .enums import SamplingMode, StrategyName
 from .errors import Notes, coerce_enum, config_error
-from .families import EDIT_ONLY_NAMES, FAMILIES, MODEL_NAMES
 from .lora import LoRAConfig
 from .model import ModelConfig
 from .parallel import ParallelConfig
 from .runtime import RuntimeConfig
-from .sampling import SAMPLING_CONFIGS, EditSamplingConfig, SamplingConfig
+from .sampling import SAMPLING_CONFIGS, SamplingConfig
 from .strategy import STRATEGY_CONFIGS, StrategyConfig
 
 _GROUP_TYPES = {"model": ModelConfig, "sampling": SamplingConfig, "parallel": ParallelConfig,
@@ -176,4 +175,4 @@ def _as_sampling(value: Any, mode: Any) -> SamplingConfig:
     return cls(**data)
 
 
-__all__ = ["Config", "EditSamplingConfig", "FAMILIES", "MODEL_NAMES", "EDIT_ONLY_NAMES", "Device", "DType"]
+__all__ = ["Config", "strategy_from_dict"]

@@ -80,7 +80,6 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     for r, req in enumerate(reqs):
         if req.page_table:
             table[r, : len(req.page_table)] = _long(req.page_table)
-    n = len(ids)
     meta = AttentionMetadata(
         cu_seqlens_q=_long(cu), positions=_long(pos), context_lens=_long(ctx), page_table=table,
         slot_mapping=_long(slots), key_lo=_long(key_lo), key_hi=_long(key_hi),
