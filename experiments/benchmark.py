@@ -424,6 +424,35 @@ def _free(engine) -> None:
         torch.cuda.empty_cache()
 
 
+def vanilla_rows(name, path, args, common, ks, batches, max_tokens, cuda, results) -> dict:
+    """The eager full-recompute ``vanilla`` loop on the same weights (same tokens per forward)."""
+    from diffulex import Diffulex
+
+    vrows = {}
+    t0 = time.perf_counter()
+    van = Diffulex(str(path), decoding_strategy="vanilla", block_size=32, kernels="torch",
+                   max_num_seqs=max(batches), enforce_eager=True,
+                   max_num_batched_tokens=max(batches) * (args.prompt_len + max(max_tokens.values())) + 64, **common)
+    log(f"[{name}] vanilla engine built in {time.perf_counter() - t0:.1f}s")
+    for k in ks:
+        van.config.strategy.steps_per_block = 32 // k
+        for b in batches:
+            try:
+                r = run_rows(van, k, b, args.prompt_len, 1, args.vanilla_measure, cuda, max_tokens[k])
+            except torch.cuda.OutOfMemoryError as exc:
+                log(f"[{name}] vanilla k={k} b={b}: OOM ({exc})")
+                gc.collect(); torch.cuda.empty_cache()
+                continue
+            r.update(model=name, engine="vanilla", kernels="torch", k=k, batch=b)
+            vrows[(k, b)] = r
+            results.append(r)
+            log(f"[{name}] vanilla k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f} "
+                f"tpf {r['tpf']:.2f}")
+    _free(van)
+    del van
+    return vrows
+
+
 def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> None:
     from diffulex import Diffulex
     from diffulex.layers.backend import set_kernel_backend
@@ -444,6 +473,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     backends = ["torch", "triton"] if cuda else ["torch"]
     if cuda and args.graphs:
         backends.append("triton+graphs")
+    if args.backends:
+        backends = [b for b in backends if b in args.backends.split(",")]
     t0 = time.perf_counter()
     engine = Diffulex(str(path), decoding_strategy="multi_bd", block_size=32, buffer_size=1,
                       kernels=backends[-1].split("+")[0], max_num_seqs=max(batches),
@@ -496,28 +527,7 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------
-    t0 = time.perf_counter()
-    van = Diffulex(str(path), decoding_strategy="vanilla", block_size=32, kernels="torch",
-                   max_num_seqs=max(batches), enforce_eager=True,
-                   max_num_batched_tokens=max(batches) * (args.prompt_len + max(max_tokens.values())) + 64, **common)
-    log(f"[{name}] vanilla engine built in {time.perf_counter() - t0:.1f}s")
-    vrows = {}
-    for k in ks:
-        van.config.strategy.steps_per_block = 32 // k
-        for b in batches:
-            try:
-                r = run_rows(van, k, b, args.prompt_len, 1, args.vanilla_measure, cuda, max_tokens[k])
-            except torch.cuda.OutOfMemoryError as exc:
-                log(f"[{name}] vanilla k={k} b={b}: OOM ({exc})")
-                gc.collect(); torch.cuda.empty_cache()
-                continue
-            r.update(model=name, engine="vanilla", kernels="torch", k=k, batch=b)
-            vrows[(k, b)] = r
-            results.append(r)
-            log(f"[{name}] vanilla k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f} "
-                f"tpf {r['tpf']:.2f}")
-    _free(van)
-    del van
+    vrows = vanilla_rows(name, path, args, common, ks, batches, max_tokens, cuda, results) if args.vanilla else {}
     if not args.keep:
         import shutil
 
@@ -566,6 +576,8 @@ def parse(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for the table and JSON")
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
+    ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all)")
+    ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton, k=32, batch 1)")
     ap.add_argument("--only-check", action="store_true", help="write, build, --check/--profile, no benchmark rows")
     ap.add_argument("--check", action="store_true", help="also compare torch vs triton bf16 logits (gpu_check)")

@@ -4,7 +4,7 @@ Run on a CUDA machine from the repo root: ``python experiments/kernel_check.py [
 For batches of 1/4/16 sequences x 32 query tokens over 128..2048 cached tokens (page 32),
 bf16: checks store_kvcache, paged attention (block-causal, cache_only, sliding window,
 softcap), the group-limited router top-k, fused MoE (256 experts, top-8, I=512) and greedy
-confidence (vocab 157184), then times Triton vs reference with CUDA events (median after
+confidence (vocab 157184), RMSNorm + residual, q/k norm + RoPE and SiLU-and-mul, then times Triton vs reference with CUDA events (median after
 warm-up, inputs rotated so repeats do not just hit L2). Prints one table; exits 1 on any
 mismatch. The MoE timing baseline is the per-expert loop the engine uses now
 (``StackedExperts``); the per-token loop is only the correctness oracle.
@@ -177,6 +177,38 @@ def check_greedy(tri, batch: int, gen: torch.Generator) -> None:
            f"{m * VOCAB * 2 / t_tri / 1e6:.0f} GB/s")
 
 
+def check_elementwise(tri, batch: int, gen: torch.Generator) -> None:
+    """RMSNorm (+ residual), q/k norm + partial RoPE (in place on a fused QKV view), SiLU-and-mul."""
+    n = batch * BLOCK
+    x = torch.randn(n, HIDDEN, device=DEV, dtype=DT) * 2
+    res = torch.randn(n, HIDDEN, device=DEV, dtype=DT)
+    w = (1 + 0.1 * torch.randn(HIDDEN, device=DEV)).to(DT)
+    out_ref, stream_ref = REFERENCE_OPS.rms_norm(x, w, 1e-6, res)
+    out, stream = tri.rms_norm(x, w, 1e-6, res)
+    err = rel_err(out, out_ref)
+    record("rms_norm+residual", f"T={n} H={HIDDEN}", err, torch.equal(stream, stream_ref) and err < 5e-3,
+           bench([lambda: REFERENCE_OPS.rms_norm(x, w, 1e-6, res)]), bench([lambda: tri.rms_norm(x, w, 1e-6, res)]))
+    half = HEAD_DIM // 4  # LLaDA2: partial_rotary_factor 0.5
+    pos = torch.randint(0, 4096, (n,), device=DEV)
+    ang = torch.arange(4096, device=DEV, dtype=torch.float32)[:, None] * torch.rand(half, device=DEV)
+    cos, sin = ang.cos().contiguous(), ang.sin().contiguous()
+    qw, kw = [(1 + 0.1 * torch.randn(HEAD_DIM, device=DEV)).to(DT) for _ in range(2)]
+    qkv = torch.randn(n, HQ + 2 * HKV, HEAD_DIM, device=DEV, dtype=DT)
+    def views(t):
+        return t.split([HQ, HKV, HKV], dim=1)[:2]
+    q_ref, k_ref = REFERENCE_OPS.qk_norm_rope(*views(qkv), pos, cos, sin, qw, kw, 1e-6)
+    work = qkv.clone()
+    q, k = tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6)
+    err = max(rel_err(q, q_ref), rel_err(k, k_ref))
+    record("qk_norm_rope", f"T={n} {HQ}/{HKV}x{HEAD_DIM}", err, err < 5e-3,
+           bench([lambda: REFERENCE_OPS.qk_norm_rope(*views(qkv), pos, cos, sin, qw, kw, 1e-6)]),
+           bench([lambda: tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6)]))
+    gu = torch.randn(n, 2 * 5632, device=DEV, dtype=DT) * 3
+    err = rel_err(tri.silu_and_mul(gu), REFERENCE_OPS.silu_and_mul(gu))
+    record("silu_and_mul", f"T={n} I=5632", err, err < 5e-3, bench([lambda: REFERENCE_OPS.silu_and_mul(gu)]),
+           bench([lambda: tri.silu_and_mul(gu)]))
+
+
 def print_table() -> None:
     """One row per check: error, verdict, reference and Triton medians, speed-up, notes."""
     fmt = "{:<18} {:<28} {:>9} {:>4} {:>9} {:>9} {:>7}  {}"
@@ -201,7 +233,7 @@ def main() -> int:
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     for batch in (int(b) for b in opts.batches.split(",")):
-        for check in (check_attention, check_moe, check_greedy):
+        for check in (check_attention, check_moe, check_greedy, check_elementwise):
             try:
                 if check is check_attention:
                     check(tri, batch, gen, opts.quick)

@@ -17,7 +17,8 @@ from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autous
 with interpreted():  # triton and the kernels read the setting at import: keep it on then
     pytest.importorskip("triton")
     from diffulex.kernels import reference as ref
-    from diffulex.kernels.triton.fused_moe import fused_moe, moe_align
+    from diffulex.kernels.triton.fused_moe import fused_moe
+    from diffulex.kernels.triton.moe_align import moe_align, moe_align_torch
     from diffulex.kernels.triton.moe_router import group_limited_topk
     from diffulex.layers.moe.experts import StackedExperts
     from diffulex.layers.moe.router import GroupLimitedSigmoidRouter
@@ -113,3 +114,24 @@ def test_moe_align_blocks_cover_each_expert_run_once():
     assert row0[used].tolist() == [0, 2, 3, 4, 6, 8, 9]
     assert row_end[used].tolist() == [3, 3, 4, 9, 9, 9, 10]
     assert (ids.flatten()[order] == torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 3])).all()
+
+
+@pytest.mark.parametrize("t,k,e,start,num_experts,block_m", [
+    (5, 2, 4, 0, 4, 2),
+    (33, 8, 16, 0, 16, 16),  # more assignments than one block, empty experts
+    (40, 4, 6, 6, 18, 4),  # a tensor-parallel slice: most ids belong to other ranks
+    (300, 8, 64, 0, 64, 16),  # several histogram chunks
+])
+def test_moe_align_equals_torch_formulation(t, k, e, start, num_experts, block_m):
+    gen = torch.Generator().manual_seed(t)
+    ids = torch.rand(t, num_experts, generator=gen).topk(k, dim=-1).indices
+    order, blk_expert, row0, row_end, counts = moe_align(ids, e, block_m, start)
+    r_order, r_expert, r_row0, r_row_end, r_counts = moe_align_torch(ids, e, block_m, start)
+    assert torch.equal(counts, r_counts)
+    assert torch.equal(blk_expert, r_expert)
+    used = r_expert < e
+    assert torch.equal(row0[used], r_row0[used]) and torch.equal(row_end[used], r_row_end[used])
+    flat = ids.flatten() - start
+    key = torch.where((flat >= 0) & (flat < e), flat, e)
+    assert sorted(order.tolist()) == list(range(t * k))  # a permutation of the assignments
+    assert torch.equal(key[order], key[r_order])  # grouped exactly like the stable sort

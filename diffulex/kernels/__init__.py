@@ -7,9 +7,10 @@ run everywhere; the Triton ops (``kernels/triton``, imported only when chosen) r
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -26,7 +27,9 @@ class KernelOps:
     ``paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale, softcap=None)``,
     ``group_limited_topk(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)``,
     ``fused_moe(x, topk_ids, topk_weights, w13, w2, expert_start=0, num_experts=None)``,
-    ``greedy_confidence(logits, forbidden)``.
+    ``greedy_confidence(logits, forbidden)``, ``rms_norm(x, weight, eps, residual=None)``,
+    ``qk_norm_rope(q, k, positions, cos_cache, sin_cache, q_weight=None, k_weight=None, eps=1e-6)``,
+    ``silu_and_mul(x)``.
     """
 
     name: str
@@ -35,6 +38,9 @@ class KernelOps:
     group_limited_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     fused_moe: Callable[..., torch.Tensor]
     greedy_confidence: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rms_norm: Callable[..., Any]
+    qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[..., torch.Tensor]
 
 
 REFERENCE_OPS = KernelOps(
@@ -44,6 +50,9 @@ REFERENCE_OPS = KernelOps(
     group_limited_topk=_ref.group_limited_topk,
     fused_moe=_ref.fused_moe,
     greedy_confidence=_ref.greedy_confidence,
+    rms_norm=_ref.rms_norm,
+    qk_norm_rope=_ref.qk_norm_rope,
+    silu_and_mul=_ref.silu_and_mul,
 )
 
 
@@ -59,6 +68,9 @@ def triton_ops() -> KernelOps:
         group_limited_topk=_tri.group_limited_topk,
         fused_moe=_tri.fused_moe,
         greedy_confidence=_tri.greedy_confidence,
+        rms_norm=_tri.rms_norm,
+        qk_norm_rope=_tri.qk_norm_rope,
+        silu_and_mul=_tri.silu_and_mul,
     )
 
 
@@ -67,7 +79,8 @@ def get_ops(device: torch.device | str, backend: KernelBackend | str = KernelBac
 
     ``auto`` and ``triton`` give the Triton ops on CUDA; ``auto`` gives the reference ops
     elsewhere, and ``triton`` off CUDA is an error. The default, ``torch``, keeps the
-    reference ops until the engine passes its configured backend.
+    reference ops until the engine passes its configured backend. Under ``TRITON_INTERPRET=1``
+    ``triton`` also gives the Triton ops on CPU (slow; how the tests run them).
     """
     device = torch.device(device)  # rejects malformed device strings
     try:
@@ -79,6 +92,8 @@ def get_ops(device: torch.device | str, backend: KernelBackend | str = KernelBac
         return REFERENCE_OPS
     if device.type == "cuda":
         return triton_ops()
+    if backend == KernelBackend.TRITON and os.environ.get("TRITON_INTERPRET") == "1":
+        return triton_ops()  # the Triton interpreter runs the kernels on CPU tensors (tests)
     if backend == KernelBackend.TRITON:
         raise ValueError(f"get_ops: backend 'triton' needs a CUDA device, got {device}; use 'auto' or 'torch'")
     return REFERENCE_OPS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,6 +33,18 @@ class AttentionMetadata:
     cache_only: torch.Tensor  # [S] bool: keys come only from the cache
     logits_indices: torch.Tensor  # [M] long: query tokens whose logits are needed
     page_size: int
+
+    def for_forward(self) -> "AttentionMetadata":
+        """A shallow copy with an empty per-forward ``memo``.
+
+        Kernels store values derived only from the metadata in it (e.g. the attention grid's
+        block map), so the first layer computes them and the others reuse them. A fresh copy
+        per forward keeps the memo from outliving the call: inside a CUDA graph capture the
+        derived values are computed, and so captured, by that forward.
+        """
+        copy = replace(self)
+        copy.memo = {}
+        return copy
 
     @property
     def num_seqs(self) -> int:

@@ -84,9 +84,13 @@ class DiffusionLM(nn.Module, ABC):
         if kv_caches is not None and len(kv_caches) != len(layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries for {len(layers)} layers")
         h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)  # [N, H]
+        # Layers pass (sublayer output, residual stream) along, so every residual add happens
+        # inside the next norm (one kernel); the values equal ``h = h + sublayer(norm(h))``.
+        residual = None
+        meta = meta.for_forward()  # derived grid maps are computed once for all layers
         for i, layer in enumerate(layers):
-            h = layer(h, positions, meta, kv_caches[i] if kv_caches is not None else None)
-        return self.model.norm(h)
+            h, residual = layer(h, positions, meta, kv_caches[i] if kv_caches is not None else None, residual)
+        return self.model.norm(h, residual)[0] if residual is not None else self.model.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits ``[M, V]`` in float32 for hidden rows ``[M, H]``."""

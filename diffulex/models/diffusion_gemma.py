@@ -187,7 +187,9 @@ class DiffusionGemmaForDiffusion(DiffusionLM):
                 0, seq_of, torch.where(canvas_mask, anchor, big), "amin")  # [S]
             anchor = torch.where(canvas_mask, first[seq_of], anchor)
         key_lo = torch.maximum(meta.key_lo, anchor - self.sliding_window + 1)
-        return {"full_attention": meta, "sliding_attention": dataclasses.replace(meta, key_lo=key_lo)}
+        # for_forward: each attention pattern's grid map is computed once per forward, not per layer.
+        return {"full_attention": meta.for_forward(),
+                "sliding_attention": dataclasses.replace(meta, key_lo=key_lo).for_forward()}
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Softcapped full-vocabulary logits ``[M, V]`` in float32 for hidden rows ``[M, H]``."""

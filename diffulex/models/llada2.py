@@ -65,9 +65,10 @@ class LLaDA2Attention(nn.Module):
         qkv = self.query_key_value(x).view(n, -1, self.head_dim)  # [N, Hq + 2 Hkv, D]
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         if self.use_qk_norm:
-            q, k = self.query_layernorm(q), self.key_layernorm(k)
-        q, k = self.rotary(positions, q, k)
-        o = self.attn(q, k, v.contiguous(), meta, kv_cache)  # [N, Hq, D]
+            q, k = self.rotary(positions, q, k, self.query_layernorm, self.key_layernorm)
+        else:
+            q, k = self.rotary(positions, q, k)
+        o = self.attn(q, k, v, meta, kv_cache)  # [N, Hq, D]; v may be a strided view
         return self.dense(o.reshape(n, -1))
 
 
@@ -113,10 +114,18 @@ class LLaDA2DecoderLayer(nn.Module):
             self.mlp = GatedMLP(hidden, cfg_get(cfg, "intermediate_size"), tp, dtype)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: KVCache | None) -> torch.Tensor:
-        # h: [N, H]
-        h = h + self.attention(self.input_layernorm(h), positions, meta, kv_cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+                kv_cache: KVCache | None, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h``: the previous sublayer's output (layer 0: the embeddings), ``residual``: the stream
+        before it (None at layer 0) -> (this layer's MLP output, the stream before it). Each residual
+        add is fused into the norm after it (see :meth:`DiffusionLM.forward`)."""
+        # h, residual: [N, H]
+        if residual is None:
+            h, residual = self.input_layernorm(h), h
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.attention(h, positions, meta, kv_cache)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 def is_moe_layer(cfg: Any, layer_idx: int) -> bool:

@@ -6,7 +6,7 @@ Computes ``out[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t]))`` wi
 and ``layers.moe.StackedExperts``.
 
 Layout, all built on device without a host sync (:func:`moe_align`): the ``A = T * k``
-(token, slot) assignments are sorted by expert; each expert's run is cut into blocks of
+(token, slot) assignments are grouped by expert; each expert's run is cut into blocks of
 ``BLOCK_M`` rows; the grid is the fixed upper bound ``cdiv(A, BLOCK_M) + min(E, A)`` blocks
 and surplus blocks exit at once. Kernel 1, grid ``(blocks, cdiv(I, BN))``: gathers the
 block's token rows of ``x``, computes gate and up together against one expert's ``w13``
@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from diffulex.kernels.triton.moe_align import moe_align
 from diffulex.kernels.triton._runtime import is_interpreting, next_pow2
 
 
@@ -103,31 +104,6 @@ def _down_kernel(
     acc = acc * tl.load(weights_ptr + assign, mask=r_ok, other=0.0)[:, None]
     tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=r_ok[:, None] & n_ok[None, :])
-
-
-def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start: int = 0):
-    """Sort assignments by local expert and cut each expert's run into ``block_m`` rows; no host sync.
-
-    ``topk_ids: [T, k]`` -> ``order [A]`` (flat assignment index, by expert, non-local last),
-    ``blk_expert, blk_row0, blk_row_end: [cdiv(A, block_m) + min(E, A)]`` (``blk_expert ==
-    num_local`` marks a surplus block), and ``counts [E]`` tokens per local expert.
-    """
-    flat = topk_ids.flatten() - expert_start  # [A]
-    n_assign = flat.shape[0]
-    key = torch.where((flat >= 0) & (flat < num_local), flat, num_local)  # [A]
-    order = torch.sort(key, stable=True).indices  # [A]
-    # scatter_add, not bincount: bincount reads its max back to the host on CUDA.
-    counts = torch.zeros(num_local + 1, dtype=torch.long, device=flat.device)
-    counts = counts.scatter_add_(0, key, torch.ones_like(key))[:num_local]  # [E]
-    starts = counts.cumsum(0) - counts  # [E] first sorted row of each expert
-    n_blocks = (counts + block_m - 1) // block_m  # [E]
-    ends = n_blocks.cumsum(0)  # [E]
-    b = torch.arange(triton.cdiv(n_assign, block_m) + min(num_local, n_assign), device=flat.device)  # [B]
-    blk_expert = torch.searchsorted(ends, b, right=True)  # [B] in [0, E]
-    e = blk_expert.clamp(max=num_local - 1)
-    blk_row0 = starts[e] + (b - (ends - n_blocks)[e]) * block_m  # [B]
-    blk_row_end = starts[e] + counts[e]  # [B]
-    return order, blk_expert, blk_row0, blk_row_end, counts
 
 
 def fused_moe(

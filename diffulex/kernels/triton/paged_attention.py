@@ -192,7 +192,14 @@ def paged_attention(
     block_q = max(block_q or _block_q(n_tok, n_kv_heads, g_pad, d_pad), triton.cdiv(16, g_pad))  # tl.dot: M >= 16
     # Gathered K/V tiles carry a 64-bit pointer per element: larger tiles spill (sm_90, 8 warps).
     block_n = 64 if block_q * g_pad * d_pad <= 32 * 128 else 32
-    blk_seq, blk_q0 = query_blocks(meta.cu_seqlens_q, n_tok, block_q)
+    memo = getattr(meta, "memo", None)  # per forward (AttentionMetadata.for_forward): shared by the layers
+    key = ("paged_attention.query_blocks", block_q)
+    if memo is not None and key in memo:
+        blk_seq, blk_q0 = memo[key]
+    else:
+        blk_seq, blk_q0 = query_blocks(meta.cu_seqlens_q, n_tok, block_q)
+        if memo is not None:
+            memo[key] = (blk_seq, blk_q0)
     kc, vc = (k_cache, v_cache) if has_cache else (k_new, v_new)  # placeholders, never read
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)) if has_cache else (0, 0, 0)
     grid = (blk_seq.shape[0], n_kv_heads)

@@ -37,7 +37,8 @@ class GroupLimitedSigmoidRouter(nn.Module):
         self.n_group = n_group
         self.topk_group = topk_group
         self.routed_scaling_factor = routed_scaling_factor
-        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
+        # Held in fp32 (the logits are computed in fp32): no per-forward cast of the weight.
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
         # A loaded checkpoint tensor, kept fp32 as in the published model.
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, dtype=torch.float32), requires_grad=False)
@@ -46,7 +47,7 @@ class GroupLimitedSigmoidRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [T, H]
-        logits = F.linear(x.float(), self.weight.float())  # [T, E]
+        logits = F.linear(x.float(), self.weight)  # [T, E]
         if self.kernels != "torch":
             from diffulex.kernels import get_ops
 
@@ -76,12 +77,13 @@ class SoftmaxTopKRouter(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
-        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
+        # Held in fp32 (the logits are computed in fp32): no per-forward cast of the weight.
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [T, H]
-        probs = torch.softmax(F.linear(x.float(), self.weight.float()), dim=-1)  # [T, E]
+        probs = torch.softmax(F.linear(x.float(), self.weight), dim=-1)  # [T, E]
         weights, topk_ids = probs.topk(self.top_k, dim=-1)  # [T, k]
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
