@@ -52,6 +52,7 @@ FLAT_ALIASES: dict[str, str] = {
     "master_addr": "parallel.master_addr",
     "master_port": "parallel.master_port",
     "distributed_timeout_seconds": "parallel.timeout_s",
+    "launcher": "parallel.launcher",
     # lora
     "lora_path": "lora.path",
     "use_lora": "lora.enabled",

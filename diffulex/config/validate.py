@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from .enums import Device, KernelBackend
 from .errors import Notes, config_error
+from .parallel import LaunchEnv, Launcher
 
 if TYPE_CHECKING:
     from .config import Config
@@ -20,6 +21,7 @@ def cuda_available() -> bool:
 
 def validate_parallel(cfg: "Config", facts: Any) -> None:
     p = cfg.parallel
+    launch = _resolve_launcher(p)
     if p.device == Device.AUTO:
         p.device = Device.CUDA if cuda_available() else Device.CPU
     if p.device == Device.CUDA and not cuda_available():
@@ -40,6 +42,14 @@ def validate_parallel(cfg: "Config", facts: Any) -> None:
         raise config_error("parallel.expert_parallel_size", ep,
                            f"1, or a divisor of num_experts={facts.num_experts} for MoE families",
                            "set expert_parallel_size=1 for dense models")
+    if launch is not None and launch.world_size != p.world_size:
+        raise config_error("parallel world size", p.world_size,
+                           f"the launcher's WORLD_SIZE={launch.world_size} (the world size is tensor x expert x "
+                           f"data parallel size, here {p.tensor_parallel_size} x {p.expert_parallel_size} x "
+                           f"{p.data_parallel_size})",
+                           "make torchrun's --nproc-per-node x --nnodes equal the product of the parallel sizes, "
+                           "or change the sizes (or set parallel.launcher='spawn' for an independent engine "
+                           "in each process)")
     if p.device == Device.CUDA:
         import torch
 
@@ -49,13 +59,43 @@ def validate_parallel(cfg: "Config", facts: Any) -> None:
         if bad:
             raise config_error("parallel.device_ids", p.device_ids, f"ids among the visible devices {visible}",
                                "fix device_ids or CUDA_VISIBLE_DEVICES")
-        if len(ids) < p.world_size:
+        # Under a launcher each node holds LOCAL_WORLD_SIZE ranks; rank LOCAL_RANK takes ids[LOCAL_RANK].
+        local = launch.local_world_size if launch is not None else p.world_size
+        if launch is not None and len(ids) < local:
+            raise config_error("environment LOCAL_WORLD_SIZE", local,
+                               f"at most {len(ids)} ranks on this node (one per device: {ids})",
+                               "lower torchrun's --nproc-per-node, or expose more GPUs (CUDA_VISIBLE_DEVICES, "
+                               "parallel.device_ids)")
+        if len(ids) < local:
             raise config_error("parallel world size", p.world_size,
                                f"at most {len(ids)} ranks (one per device: {ids})",
                                "lower tensor/expert/data_parallel_size or expose more GPUs")
-        p.device_ids = ids[: p.world_size]
+        p.device_ids = ids[:local]
     elif p.device_ids:
         raise config_error("parallel.device_ids", p.device_ids, "empty on CPU", "drop device_ids or use device='cuda'")
+
+
+def _resolve_launcher(p: Any) -> Optional[LaunchEnv]:
+    """Settle ``parallel.launcher`` (auto → env or spawn); the launcher's layout in env mode, else None.
+
+    auto picks env only for a real multi-rank launch (WORLD_SIZE > 1 and RANK set), so a
+    script run with a stray WORLD_SIZE=1 still spawns its own ranks as before.
+    """
+    launch = LaunchEnv.read(os.environ) if p.launcher != Launcher.SPAWN else None
+    if p.launcher == Launcher.AUTO:
+        p.launcher = Launcher.ENV if launch is not None and launch.world_size > 1 else Launcher.SPAWN
+    if p.launcher == Launcher.SPAWN:
+        return None
+    if launch is None:
+        raise config_error("parallel.launcher", "env", "'env' only in a process started by torchrun "
+                           "(or a launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, "
+                           "MASTER_ADDR, MASTER_PORT)",
+                           "start the script with torchrun, or set parallel.launcher to 'auto' or 'spawn'")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if launch.world_size > 1 and missing:
+        raise config_error("parallel.launcher", "env", f"'env' with {' and '.join(missing)} set for the rendezvous",
+                           "start the script with torchrun, which sets them")
+    return launch
 
 
 def validate_lora(cfg: "Config") -> None:

@@ -11,8 +11,8 @@ engine then runs every replica on the whole batch instead, see :func:`can_split`
 
 The packed batch of the step is sliced per replica (requests, tokens and logits rows keep
 their relative order), each replica's ranks run their slice, the replica drivers send their
-logits back over the worker pipes, and the rows are put back in the batch's order for the
-sampler.
+logits back to rank 0 over the control channel (pipes, or gloo under torchrun), and the rows
+are put back in the batch's order for the sampler.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def forward_data_parallel(runner: Any, workers: Any, replica_size: int, dp: int,
                           reqs: list[Any], batch: Any) -> torch.Tensor:
     """Run each replica on its requests; logits ``[M, V]`` in the full batch's row order.
 
-    ``runner`` is rank 0's model runner (replica 0's driver); ``workers`` holds ranks
-    1..world-1, whose pipe ``i`` leads to rank ``i + 1``.
+    ``runner`` is rank 0's model runner (replica 0's driver); ``workers`` (a
+    :class:`~diffulex.engine.workers.Workers`) drives ranks 1..world-1, worker ``i`` being
+    rank ``i + 1``.
     """
     owners = [replica_of(req.req_id, dp) for req in reqs]
     slices = split_batch(batch, owners, dp)
@@ -95,7 +96,7 @@ def forward_data_parallel(runner: Any, workers: Any, replica_size: int, dp: int,
         for rank in range(s.replica * replica_size, (s.replica + 1) * replica_size):
             if rank == 0:
                 continue
-            workers.conns[rank - 1].send(("run", (s.input_ids, s.positions, s.meta, {})))
+            workers.send_to(rank - 1, "run", s.input_ids, s.positions, s.meta, {})
             sent.append((rank - 1, s))
     results: dict[int, torch.Tensor] = {}
     error: Optional[BaseException] = None
@@ -103,11 +104,11 @@ def forward_data_parallel(runner: Any, workers: Any, replica_size: int, dp: int,
         local = next((s for s in slices if s.replica == 0), None)
         if local is not None:
             results[0] = runner.run(local.input_ids, local.positions, local.meta, {})
-    except BaseException as exc:  # drain the workers before re-raising, to keep the pipes in step
+    except BaseException as exc:  # drain the workers before re-raising, to keep the channels in step
         error = exc
     for index, s in sent:
         try:
-            got = workers._expect(index, "ok", None)
+            got = workers.expect(index, "ok")
         except BaseException as exc:
             error = error or exc
             continue

@@ -15,9 +15,10 @@ import torch
 
 from ..config import Config
 from ..config.aliases import is_config_key
+from ..config.parallel import Launcher
 from .components import EngineComponents
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
-from .workers import WorkerGroup
+from .workers import WorkerGroup, Workers, join_launched_ranks
 from ..sampling_params import SamplingParams
 from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
@@ -40,7 +41,7 @@ class DiffulexEngine:
         self._closed = False
         self.weight_cache = weight_cache  # a WeightCache shared by engines of one process (single rank)
         self.observers = list(observers)
-        self.workers: Optional[WorkerGroup] = None
+        self.workers: Optional[Workers] = None
         self.runner: Any = None
         self.scheduler: Any = None
         self.parallel: Any = None
@@ -65,15 +66,19 @@ class DiffulexEngine:
     def _start(self) -> None:
         config = self.config
         world = config.world_size
-        if world > 1 and config.parallel.master_port == 0:
-            config.parallel.master_port = free_port(config.parallel.master_addr)
         runner_cls = self.components.model_runner
-        if world > 1:
-            self.workers = WorkerGroup.start(runner_cls, config, world)
-            # Every worker must reach the rendezvous before rank 0 joins it, so that a
-            # worker that dies early is reported instead of hanging the rendezvous.
-            self.workers.wait("started", timeout_s=config.parallel.timeout_s)
-        self.parallel = join_parallel_state(config, 0)
+        if config.parallel.launcher == Launcher.ENV and world > 1:
+            # torchrun started every rank; on ranks > 0 this serves rank 0, then ends the process.
+            self.parallel, self.workers = join_launched_ranks(runner_cls, config)
+        else:
+            if world > 1 and config.parallel.master_port == 0:
+                config.parallel.master_port = free_port(config.parallel.master_addr)
+            if world > 1:
+                self.workers = WorkerGroup.start(runner_cls, config, world)
+                # Every worker must reach the rendezvous before rank 0 joins it, so that a
+                # worker that dies early is reported instead of hanging the rendezvous.
+                self.workers.wait("started", timeout_s=config.parallel.timeout_s)
+            self.parallel = join_parallel_state(config, 0)
         self.tokenizer = config.tokenizer
         extra = {"weight_cache": self.weight_cache} if self.weight_cache is not None else {}
         self.runner = runner_cls(config, self.parallel, **extra)
@@ -162,11 +167,13 @@ class DiffulexEngine:
         else:
             self.decode_time_s += elapsed
         finished = []
+        prefix_caching = self.config.cache.enable_prefix_caching
+        eos_ids = set(self.config.eos_token_ids)  # once per step, not per request
         for req, plan, decision in zip(reqs, plans, decisions):
             req.after_forward(plan)
-            if self.config.cache.enable_prefix_caching and plan.write_end > plan.start:
+            if prefix_caching and plan.write_end > plan.start:
                 self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached)
-            if self._apply(req, plan, decision, elapsed):
+            if self._apply(req, plan, decision, elapsed, eos_ids):
                 finished.append(req)
         for req in finished:
             self.scheduler.finish(req)
@@ -190,13 +197,13 @@ class DiffulexEngine:
         # One replica, or a batch that cannot be split: every rank runs the whole batch.
         return self.call_all("run", batch.input_ids, batch.positions, batch.meta, batch.extras)[0]
 
-    def _apply(self, req: Any, plan: Any, decision: Any, elapsed: float) -> bool:
+    def _apply(self, req: Any, plan: Any, decision: Any, elapsed: float, eos_ids: Optional[set] = None) -> bool:
         """Write the decision, commit blocks, check stop conditions; True when finished."""
         req.apply(decision)
         if decision.fills and req.first_token_s is None:
             req.first_token_s = time.perf_counter()
         blocks = req.block_states(plan)
-        req.commit_ready_blocks(set(self.config.eos_token_ids))
+        req.commit_ready_blocks(eos_ids if eos_ids is not None else set(self.config.eos_token_ids))
         record_all = self.config.runtime.record_trajectory
         record = StepRecord(
             step=self._step_index, time_s=elapsed, nfe=req.nfe, num_decided=len(decision.fills),
@@ -216,6 +223,8 @@ class DiffulexEngine:
 
     def _check_limits(self, req: Any) -> None:
         sp = req.sampling_params
+        if not (sp.stop or sp.max_repetition_run or (sp.max_nfe is not None and req.nfe >= sp.max_nfe)):
+            return  # no limit can trigger: skip building the decided output (every request, every step)
         done = req.decided_output()
         if sp.stop:
             text = self.tokenizer.decode(done, skip_special_tokens=True)

@@ -60,7 +60,9 @@ class ModelRunner:
     # -- construction -----------------------------------------------------------------
     def _pick_device(self) -> torch.device:
         if self.config.parallel.device == Device.CUDA:
-            device = torch.device("cuda", self.config.parallel.device_ids[self.parallel.rank])
+            # One device per rank of this node: under torchrun ranks on other nodes share the
+            # same ids, so the index is the rank on the node (LOCAL_RANK), not the global rank.
+            device = torch.device("cuda", self.config.parallel.device_ids[self.parallel.device_index])
             torch.cuda.set_device(device)
             return device
         return torch.device("cpu")

@@ -79,25 +79,39 @@ def run_experiment(cfg: DictConfig) -> float:
     job = _hydra_job() or {}
     results: dict[str, Any] = {"status": "failed", "overrides": job.get("overrides", []),
                                "job_num": job.get("job_num")}
+    worker = False
     try:
-        value = _run(cfg, out, job, results)
+        config = config_from_hydra(cfg)
+        if config.parallel.launched_rank() > 0:
+            worker = True
+            _serve_as_worker(cfg, config)
+        value = _run(cfg, config, out, job, results)
         results["status"] = "ok"
         return value
     except BaseException as e:
         results["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        results["resources"] = process_resources()
-        with open(os.path.join(out, RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2)
+        if not worker:  # under torchrun only rank 0 writes the job's results
+            results["resources"] = process_resources()
+            with open(os.path.join(out, RESULTS_FILE), "w") as f:
+                json.dump(results, f, indent=2)
 
 
-def _run(cfg: DictConfig, out: str, job: dict[str, Any], results: dict[str, Any]) -> float:
+def _serve_as_worker(cfg: DictConfig, config: Any) -> None:
+    """A torchrun rank > 0: serve rank 0 inside ``Diffulex(...)``, which ends this process (SystemExit).
+
+    No prompts, logger, outputs or prints here: rank 0 does all of that for the job.
+    """
+    Diffulex(config, components=build_components(cfg.get("components"), config))
+    raise RuntimeError("a torchrun worker rank returned from Diffulex(...); it should have ended its process")
+
+
+def _run(cfg: DictConfig, config: Any, out: str, job: dict[str, Any], results: dict[str, Any]) -> float:
     exp = cfg.experiment
     metric = str(exp.get("metric") or "tpf")
     if metric not in objectives():
         raise ValueError(f"experiment.metric={metric!r} is unknown; choose one of {objectives()}")
-    config = config_from_hydra(cfg)
     prompts, source = load_prompts(_plain(exp.get("prompts")), exp.get("prompt_file"), exp.get("prompt_set"))
     params = SamplingParams(**_plain(exp.sampling_params))
     with open(os.path.join(out, "config.normalized.yaml"), "w") as f:
