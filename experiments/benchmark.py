@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from diffulex.engine.batch import host_to_device  # noqa: E402
 from diffulex.sampling.base import Decision, Sampler  # noqa: E402
 from diffulex.sampling.select import select_tokens  # noqa: E402
 
@@ -211,11 +212,11 @@ class FixedKSampler(Sampler):
         start = torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)).cummax(0).values
         rank = before - before[start]
         rows = order[(m == 1) & (rank < self.k)]
-        rows_dev = rows.to(dev)
+        rows_dev = host_to_device(rows, dev)  # non-blocking: no wait for the forward here
         picked = torch.stack([tokens[rows_dev].double(), conf[rows_dev].double()], 1).tolist()  # one host sync
         out = [Decision() for _ in reqs]
-        for r, (tok, c) in zip(rows.tolist(), picked):
-            out[int(batch.row_request[r])].fills.append((int(batch.row_position[r]), int(tok), float(c)))
+        for r, p, (tok, c) in zip(batch.row_request[rows].tolist(), batch.row_position[rows].tolist(), picked):
+            out[r].fills.append((p, int(tok), c))
         return out
 
 

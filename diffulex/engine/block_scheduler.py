@@ -26,16 +26,18 @@ class BlockScheduler(Scheduler):
         rt = self.config.runtime
         budget = rt.max_num_batched_tokens
         scheduled: list[tuple[Any, Any]] = []
+        protected: list[Any] = []  # the requests of ``scheduled`` (kept alongside: no O(B^2) rebuild)
         for req in list(self.running):
             if req not in self.running:  # preempted by an earlier request this step
                 continue
             if self.window_bound(req) > budget:
                 continue
-            plan = self._plan_with_pages(req, protected=[r for r, _ in scheduled])
+            plan = self._plan_with_pages(req, protected=protected)
             if plan is None:
                 continue
             budget -= plan.end - plan.start
             scheduled.append((req, plan))
+            protected.append(req)
         while self.waiting and len(self.running) < rt.max_num_seqs:
             req = self.waiting[0]
             if self.window_bound(req) > budget and scheduled:

@@ -24,6 +24,8 @@ import sys
 from array import array
 from collections import OrderedDict, deque
 
+import numpy as np
+
 
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -226,6 +228,20 @@ class KVCacheManager:
             out.extend(range(base, base + run))
             pos += run
         return out
+
+    def slot_mapping(self, page_tables: np.ndarray, table_offset: np.ndarray, positions: np.ndarray,
+                     written: np.ndarray) -> np.ndarray:
+        """``slots`` of a whole packed batch at once (int64 numpy arrays; one gather, no walk per request).
+
+        page_tables: [R * P] the step's page tables, flattened with -1 padding; table_offset,
+        positions, written: [N], token ``i`` at ``positions[i]`` of the table starting at
+        ``table_offset[i]``. Returns [N]: the cache slot, -1 where ``written`` is False. The
+        caller checks that written positions lie inside their tables.
+        """
+        shift = self.page_size.bit_length() - 1  # page_size is a power of two: shifts, not divisions
+        page = np.minimum(positions >> shift, page_tables.shape[0] - 1 - table_offset)  # [N], inside the array
+        slot = (page_tables[table_offset + page] << shift) | (positions & (self.page_size - 1))  # [N]
+        return np.where(written, slot, -1)
 
     # ------------------------------------------------------------ invariants
     def check_invariants(self) -> None:

@@ -9,11 +9,13 @@ only where their forward pass differs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ..config import Config, Device, DType
+from ..layers.staging import HostStager
 from .distributed import ParallelState
 
 _DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
@@ -47,6 +49,7 @@ class ModelRunner:
         # CUDA graphs of the model body per step shape (decode steps): CUDA, not enforce_eager,
         # the Triton kernels (the reference MoE syncs with the host), one rank, a KV cache.
         self.graphs = None
+        self.stager = HostStager(self.device)  # a step's small host inputs in one copy
         if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
                 and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
             from ..layers.graphs import DecodeGraphs
@@ -140,14 +143,16 @@ class ModelRunner:
         the input embeddings) and any other key, passed to the model's forward as a keyword.
         """
         dev = self.device
+        # Token ids, positions and every metadata tensor: one host→device copy (HostStager).
+        names = [k for k, v in vars(meta).items() if torch.is_tensor(v)]
+        moved = self.stager.to_device([input_ids, positions, *(getattr(meta, k) for k in names)])
+        input_ids, positions = moved[0], moved[1]
+        meta = replace(meta, **dict(zip(names, moved[2:])))
         if self.graphs is not None and not extras and self.kernels == "triton":
             hidden = self.graphs.run(input_ids, positions, meta)  # None: this step runs eagerly
             if hidden is not None:
-                logits = self.model.compute_logits(hidden[meta.logits_indices.to(dev, non_blocking=True)])
+                logits = self.model.compute_logits(hidden[meta.logits_indices])
                 return logits if self.parallel.is_driver else None
-        meta = type(meta)(**{k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
-                             for k, v in vars(meta).items()})
-        input_ids = input_ids.to(dev)
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
         soft = kwargs.pop("soft_inputs", None)
         if soft is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..engine.batch import rows_on
 from ..registry import AutoSampler
 from .base import Decision, Sampler
 from .blockwise import block_all, block_any, block_min, leftmost
@@ -27,12 +28,13 @@ class DMaxSampler(Sampler):
 
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev, cfg, s = logits.device, self.config, self.config.strategy
-        nb = batch.block_forced.shape[0]
-        block = batch.row_block.to(dev)  # [M]
-        pos = batch.row_position.to(dev)  # [M]
-        current = batch.row_token.to(dev)  # [M]
+        db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
+        nb = db.block_forced.shape[0]
+        block = db.row_block  # [M]
+        pos = db.row_position  # [M]
+        current = db.row_token  # [M]
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev))  # [M], [M]
-        editable = pos >= batch.row_prompt_len.to(dev)  # [M]
+        editable = pos >= db.row_prompt_len  # [M]
         is_mask = editable & (current == cfg.model.mask_token_id)
         # Masks left to right while confident: accept positions before the first unconfident mask.
         low = is_mask & (conf < s.accept_threshold)
@@ -40,13 +42,13 @@ class DMaxSampler(Sampler):
         first_low = block_min(torch.where(low, pos, big), block, nb, big)
         fill = is_mask & (pos < first_low[block])
         fill |= leftmost(is_mask, pos, block, nb) & ~block_any(fill, block, nb)[block]
-        fill |= is_mask & batch.block_force_all.to(dev)[block]
+        fill |= is_mask & db.block_force_all[block]
         edit = editable & ~is_mask & (tokens != current)
         after = torch.where(fill | edit, tokens, current)  # [M]
         masks_left = block_any(editable & (after == cfg.model.mask_token_id), block, nb)  # [NB]
         changed = block_any(fill | edit, block, nb)
         confident = block_all(~editable | (conf >= s.commit_confidence), block, nb)
-        out_of_steps = batch.block_force_all.to(dev)  # [NB]: the last step the block may take
+        out_of_steps = db.block_force_all  # [NB]: the last step the block may take
         commit = ~masks_left & (confident | ~changed | out_of_steps)  # [NB]
         # Soft inputs for every decided editable position: top-k of the allowed distribution.
         k = s.token_merge_top_k
@@ -54,7 +56,7 @@ class DMaxSampler(Sampler):
         top_p, top_i = probs.topk(k, dim=-1)  # [M, k]
         top_i[:, 0], top_p[:, 0] = tokens, conf  # the soft mix centres on the chosen token
         soft = editable & (after != cfg.model.mask_token_id)
-        rows = torch.stack([batch.row_request.to(dev).double(), pos.double(), current.double(), tokens.double(),
+        rows = torch.stack([db.row_request.double(), pos.double(), current.double(), tokens.double(),
                             conf.double(), fill.double(), edit.double(), soft.double(), block.double()], 1)
         host = torch.cat([rows, top_i.double(), top_p.double()], 1).tolist()  # the one host transfer
         keep_open = (~commit).tolist()

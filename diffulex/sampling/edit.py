@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..engine.batch import rows_on
 from ..registry import AutoSampler
 from .accept import accept_masks
 from .base import Decision, Sampler
@@ -34,22 +35,23 @@ class EditSampler(Sampler):
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev, cfg = logits.device, self.config
         sc, mask_id = cfg.sampling, cfg.model.mask_token_id
-        nb = batch.block_forced.shape[0]
-        block = batch.row_block.to(dev)  # [M]
-        pos, current = batch.row_position.to(dev), batch.row_token.to(dev)  # [M], [M]
+        db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
+        nb = db.block_forced.shape[0]
+        block = db.row_block  # [M]
+        pos, current = db.row_position, db.row_token  # [M], [M]
         logits = logits.float()
         if sc.penalty_lambda > 0:
-            prev = batch.row_prev_token.to(dev)
+            prev = db.row_prev_token
             has_prev = prev >= 0
             rows = has_prev.nonzero().squeeze(1)
             logits = logits.index_put((rows, prev[rows]), torch.full_like(rows, 0, dtype=logits.dtype)
                                       - sc.penalty_lambda, accumulate=True)
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), sc.confidence)
-        editable = pos >= batch.row_prompt_len.to(dev)
+        editable = pos >= db.row_prompt_len
         is_mask = editable & (current == mask_id)
         threshold = torch.full((nb,), float(cfg.strategy.accept_threshold), device=dev)
-        force_all = batch.block_force_all.to(dev)
-        fill = accept_masks(conf, is_mask, block, batch.block_forced.to(dev), threshold) | (is_mask & force_all[block])
+        force_all = db.block_force_all
+        fill = accept_masks(conf, is_mask, block, db.block_forced, threshold) | (is_mask & force_all[block])
         decided = editable & ~is_mask
         edit = decided & (tokens != current) & ((conf > sc.edit_threshold) | force_all[block])
         p_current = torch.softmax(logits, -1).gather(1, current.clamp_min(0)[:, None]).squeeze(1)
@@ -58,7 +60,7 @@ class EditSampler(Sampler):
         masks_left = block_any((is_mask & ~fill) | remask, block, nb)
         keep_open = ~masks_left & changed & ~force_all  # [NB]: refine again next step
         stability = block_mean((~edit & ~remask).float(), decided.float(), block, nb)  # [NB]
-        host = torch.stack([batch.row_request.to(dev).double(), pos.double(), current.double(), tokens.double(),
+        host = torch.stack([db.row_request.double(), pos.double(), current.double(), tokens.double(),
                             conf.double(), fill.double(), edit.double(), remask.double()], 1).tolist()
         per_block = torch.stack([keep_open.double(), stability.double()], 1).tolist()
         block_ids, block_req = batch.block_id.tolist(), batch.block_request.tolist()

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from ..engine.batch import host_to_device, rows_on
 from ..registry import AutoSampler
 from .accept import accept_masks
-from .base import Decision, Sampler
+from .base import Decision, Sampler, fills_per_request
 from .select import select_tokens
 
 
@@ -34,19 +35,15 @@ class FastDLLMv2Sampler(Sampler):
 
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev, cfg = logits.device, self.config
+        db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
                                      cfg.sampling.confidence)  # [M], [M]
-        row_req = batch.row_request.to(dev)
-        is_mask = batch.row_token.to(dev) == cfg.model.mask_token_id  # [M]
-        seed_pos = torch.tensor([getattr(r, "seed_position", -1) for r in reqs], dtype=torch.long, device=dev)
-        seed = batch.row_position.to(dev) == seed_pos[row_req]  # [M]
-        threshold = torch.full(batch.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
-        accept = accept_with_seed(conf, is_mask, batch.row_block.to(dev), batch.block_forced.to(dev), threshold, seed)
-        force_all = batch.block_force_all.to(dev)[batch.row_block.to(dev)] & is_mask
-        rows = (accept | force_all).nonzero().squeeze(1)
-        picked = torch.stack([row_req[rows].double(), batch.row_position.to(dev)[rows].double(),
-                              tokens[rows].double(), conf[rows].double()], dim=1).tolist()  # the one host sync
-        out = [Decision() for _ in reqs]
-        for r, pos, tok, c in picked:
-            out[int(r)].fills.append((int(pos), int(tok), float(c)))
-        return out
+        is_mask = db.row_token == cfg.model.mask_token_id  # [M]
+        seed_pos = host_to_device(torch.tensor([getattr(r, "seed_position", -1) for r in reqs], dtype=torch.long),
+                                  dev)  # [R]
+        seed = db.row_position == seed_pos[db.row_request]  # [M]
+        threshold = torch.full(db.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
+        accept = accept_with_seed(conf, is_mask, db.row_block, db.block_forced, threshold, seed)
+        force_all = db.block_force_all[db.row_block] & is_mask
+        fills = fills_per_request(len(reqs), accept | force_all, db.row_request, db.row_position, tokens, conf)
+        return [Decision(fills=f) for f in fills]

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
+from ..engine.batch import rows_on
 from ..registry import AutoSampler
 from .accept import accept_masks
-from .base import Decision, Sampler
+from .base import Decision, Sampler, fills_per_request
 from .select import select_tokens
 
 
@@ -19,15 +20,11 @@ class NaiveSampler(Sampler):
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev = logits.device
         cfg = self.config
+        db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
                                      cfg.sampling.confidence)  # [M], [M]
-        is_mask = batch.row_token.to(dev) == cfg.model.mask_token_id  # [M]
-        threshold = torch.full(batch.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
-        accept = accept_masks(conf, is_mask, batch.row_block.to(dev), batch.block_forced.to(dev), threshold)
-        rows = accept.nonzero().squeeze(1)
-        picked = torch.stack([batch.row_request.to(dev)[rows].double(), batch.row_position.to(dev)[rows].double(),
-                              tokens[rows].double(), conf[rows].double()], dim=1).tolist()  # the one host sync
-        out = [Decision() for _ in reqs]
-        for r, pos, tok, c in picked:
-            out[int(r)].fills.append((int(pos), int(tok), float(c)))
-        return out
+        is_mask = db.row_token == cfg.model.mask_token_id  # [M]
+        threshold = torch.full(db.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
+        accept = accept_masks(conf, is_mask, db.row_block, db.block_forced, threshold)  # [M]
+        fills = fills_per_request(len(reqs), accept, db.row_request, db.row_position, tokens, conf)  # the one sync
+        return [Decision(fills=f) for f in fills]

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from ..config.enums import RemaskingKind
+from ..engine.batch import host_to_device, rows_on
 from ..registry import AutoSampler
-from .base import Decision, Sampler
+from .base import Decision, Sampler, fills_per_request
 from .select import select_tokens
 
 
@@ -35,17 +36,13 @@ class QuotaSampler(Sampler):
 
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev, cfg = logits.device, self.config
+        db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), cfg.sampling.confidence)
-        is_mask = batch.row_token.to(dev) == cfg.model.mask_token_id  # [M]
+        is_mask = db.row_token == cfg.model.mask_token_id  # [M]
         score = conf
         if cfg.strategy.remasking == RemaskingKind.RANDOM:
             gens = [reqs[i].generator for i in batch.row_request.tolist()]
-            score = torch.stack([torch.rand((), generator=g) for g in gens]).to(dev) if gens else conf
-        accept = top_quota(score, is_mask, batch.row_block.to(dev), batch.block_quota.to(dev))
-        rows = accept.nonzero().squeeze(1)
-        picked = torch.stack([batch.row_request.to(dev)[rows].double(), batch.row_position.to(dev)[rows].double(),
-                              tokens[rows].double(), conf[rows].double()], dim=1).tolist()
-        out = [Decision() for _ in reqs]
-        for r, pos, tok, c in picked:
-            out[int(r)].fills.append((int(pos), int(tok), float(c)))
-        return out
+            score = host_to_device(torch.stack([torch.rand((), generator=g) for g in gens]), dev) if gens else conf
+        accept = top_quota(score, is_mask, db.row_block, db.block_quota)
+        fills = fills_per_request(len(reqs), accept, db.row_request, db.row_position, tokens, conf)  # the one sync
+        return [Decision(fills=f) for f in fills]

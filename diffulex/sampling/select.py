@@ -25,6 +25,7 @@ class SelectionParams:
     top_k: torch.Tensor  # [M] long; 0 = off
     top_p: torch.Tensor  # [M] float32; 1 = off
     generators: Optional[list[Optional[torch.Generator]]] = None  # per row, for sampled rows
+    any_sampled: Optional[bool] = None  # host copy of ``(temperature > 0).any()``; None: read the device
 
 
 def _confidence(probs: torch.Tensor, tokens: torch.Tensor, kind: ConfidenceKind) -> torch.Tensor:
@@ -47,8 +48,11 @@ def select_tokens(logits: torch.Tensor, forbidden: torch.Tensor, params: Selecti
     all-greedy step with probability confidence runs the one-pass Triton kernel (same
     function, no [M, V] probabilities materialized); anything else takes the path below.
     """
+    any_sampled = params.any_sampled
+    if any_sampled is None:
+        any_sampled = bool((params.temperature > 0).any())  # a host sync; row_params gives it without one
     if (kernels == "triton" and logits.is_cuda and ConfidenceKind(confidence) == ConfidenceKind.PROBABILITY
-            and not bool((params.temperature > 0).any())):  # the one host check this step already had
+            and not any_sampled):
         from ..kernels import get_ops
 
         return get_ops(logits.device, kernels).greedy_confidence(logits, forbidden)
@@ -56,9 +60,8 @@ def select_tokens(logits: torch.Tensor, forbidden: torch.Tensor, params: Selecti
     allowed_logits = logits.masked_fill(forbidden, float("-inf"))  # [M, V]
     tokens = allowed_logits.argmax(dim=-1)  # [M]
     probs = torch.softmax(logits, dim=-1)  # [M, V]
-    sampled = params.temperature > 0  # [M]
-    if bool(sampled.any()):  # one host check per step, only to skip the sampling path
-        rows = sampled.nonzero().squeeze(1)
+    if any_sampled:
+        rows = (params.temperature > 0).nonzero().squeeze(1)
         t = params.temperature[rows][:, None]
         warped = _top_k_top_p(allowed_logits[rows] / t, params.top_k[rows], params.top_p[rows])
         tempered = torch.softmax(warped, dim=-1)  # [R, V]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..engine.block_scheduler import BlockScheduler
@@ -107,6 +108,14 @@ class DiffusionGemmaRequest(Request):
         """Encoder tokens are causal; canvas tokens see the prefix and the whole canvas."""
         return position + 1 if position < self.cstart else self.cstart + self.block_size
 
+    @classmethod
+    def key_bounds(cls, reqs: list["DiffusionGemmaRequest"], positions: np.ndarray,
+                   counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``key_lo`` (0) and ``key_hi`` of a packed batch (see ``key_hi``). positions: [N]; counts: [R]."""
+        cstart = np.repeat(np.array([r.cstart for r in reqs], dtype=np.int64), counts)  # [N]
+        end = np.repeat(np.array([r.cstart + r.block_size for r in reqs], dtype=np.int64), counts)  # [N]
+        return np.zeros_like(positions), np.where(positions < cstart, positions + 1, end)
+
     # -- one step ------------------------------------------------------------------------
     def plan(self, config: Any) -> StepPlan:
         if len(self.canvas) == self.cstart:  # the first canvas is drawn once the generator is set
@@ -160,7 +169,7 @@ class DiffusionGemmaRequest(Request):
         end = self.cstart + self.block_size
         generated = self.canvas[self.num_prompt_tokens:min(end, self.target_end)]
         self.cstart = end
-        if not self.sampling_params.ignore_eos:
+        if not self.sampling_params.ignore_eos and not eos_ids.isdisjoint(generated):
             for i, t in enumerate(generated):
                 if t in eos_ids:
                     self._stop(generated[: i + 1], "eos")

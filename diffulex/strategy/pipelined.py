@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..config.families import FAMILIES
 from ..engine.plan import StepPlan
 from ..engine.request import Request
@@ -50,7 +52,7 @@ class BlockRequest(Request):
 
     def masks_in(self, b: int) -> int:
         lo, hi = self.block_span(b)
-        return sum(1 for t in self.canvas[lo:hi] if t == self.mask_id)
+        return self.canvas[lo:hi].count(self.mask_id)
 
     def decided_fraction(self, b: int) -> float:
         return 1.0 - self.masks_in(b) / self.block_size
@@ -71,6 +73,22 @@ class BlockRequest(Request):
         if self.prefix_full and position < self.num_prompt_tokens:
             return self.num_prompt_tokens
         return (position // self.block_size + 1) * self.block_size
+
+    @classmethod
+    def key_bounds(cls, reqs: list["BlockRequest"], positions: np.ndarray,
+                   counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``key_lo`` (0) and ``key_hi`` of every token of a packed batch (``pack_batch``), as arrays.
+
+        positions: [N] int64, request after request; counts: [R] tokens per request. Block-causal
+        with the strategy's block size (one per batch); a prefix-full prompt sees the whole prompt.
+        """
+        block = reqs[0].block_size
+        key_hi = (positions // block + 1) * block  # [N]
+        full = [r.num_prompt_tokens if r.prefix_full else 0 for r in reqs]  # [R]; 0: no prompt rule
+        if any(full):
+            prompt_end = np.repeat(np.array(full, dtype=np.int64), counts)  # [N]
+            key_hi = np.where(positions < prompt_end, prompt_end, key_hi)
+        return np.zeros_like(positions), key_hi
 
     def _open_block(self, b: int) -> None:
         lo, hi = self.block_span(b)
@@ -136,7 +154,7 @@ class BlockRequest(Request):
             b = self.inflight.pop(0)
             block_end = self.block_span(b)[1]
             generated = self.canvas[self.num_prompt_tokens:min(block_end, self.target_end)]
-            if not self.sampling_params.ignore_eos:
+            if not self.sampling_params.ignore_eos and not eos_ids.isdisjoint(generated):  # C-speed test first
                 for i, t in enumerate(generated):
                     if t in eos_ids:
                         self._stop(generated[: i + 1], "eos")
@@ -154,11 +172,9 @@ class BlockRequest(Request):
 
     def decided_output(self) -> list[int]:
         """Generated tokens decided so far, up to the first undecided position."""
-        out = []
-        for t in self.canvas[self.num_prompt_tokens:self.target_end]:
-            if t == self.mask_id:
-                break
-            out.append(t)
+        out = self.canvas[self.num_prompt_tokens:self.target_end]
+        if self.mask_id in out:
+            del out[out.index(self.mask_id):]
         return out
 
     def preempt(self) -> None:

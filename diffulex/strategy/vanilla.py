@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..config.families import FAMILIES
 from ..engine.block_scheduler import BlockScheduler
 from ..engine.plan import StepPlan
@@ -63,9 +65,16 @@ class VanillaRequest(Request):
     def key_hi(self, position: int) -> int:
         return len(self.canvas)  # everything attends to everything
 
+    @classmethod
+    def key_bounds(cls, reqs: list["VanillaRequest"], positions: np.ndarray,
+                   counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``key_lo`` (0) and ``key_hi`` (each request's whole canvas) of a packed batch. [N] each."""
+        key_hi = np.repeat(np.array([len(r.canvas) for r in reqs], dtype=np.int64), counts)  # [N]
+        return np.zeros_like(positions), key_hi
+
     def masks_in(self, b: int) -> int:
         lo, hi = self.spans[b]
-        return sum(1 for t in self.canvas[lo:hi] if t == self.mask_id)
+        return self.canvas[lo:hi].count(self.mask_id)
 
     def step_token_bound(self) -> int:
         return len(self.canvas)
@@ -95,7 +104,7 @@ class VanillaRequest(Request):
             return
         hi = self.spans[self.block][1]
         generated = self.canvas[self.num_prompt_tokens:hi]
-        if not self.sampling_params.ignore_eos:
+        if not self.sampling_params.ignore_eos and not eos_ids.isdisjoint(generated):
             for i, t in enumerate(generated):
                 if t in eos_ids:
                     self._stop(generated[: i + 1], "eos")
