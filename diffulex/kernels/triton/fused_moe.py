@@ -115,11 +115,14 @@ def fused_moe(
     expert_start: int = 0,
     num_experts: int | None = None,
     block_m: int | None = None,
+    tiles: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
 
     ``num_experts``: the global expert count when ``w13`` holds only this rank's experts
-    (None: all experts are local). ``block_m`` overrides the tokens-per-block heuristic.
+    (None: all experts are local). ``block_m`` overrides the tokens-per-block heuristic;
+    ``tiles`` the launch of either kernel: ``{"gate_up"|"down": (BLOCK_N, BLOCK_K, warps,
+    stages)}`` (``experiments/moe_tune.py`` sweeps them on a GPU).
     """
     n_tok, hidden = x.shape
     top_k = topk_ids.shape[1]
@@ -140,18 +143,21 @@ def fused_moe(
     n_blocks = blk_expert.shape[0]
 
     inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
-    bn, bk = min(64, max(16, next_pow2(inter_size))), min(64, max(16, next_pow2(hidden)))
+    tiles = tiles or {}
+    bn, bk, warps, stages = tiles.get("gate_up") or (
+        min(64, max(16, next_pow2(inter_size))), min(64, max(16, next_pow2(hidden))), 8, 3)
     _gate_up_kernel[(n_blocks, triton.cdiv(inter_size, bn))](
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
         x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size,
-        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=8, num_stages=3,
+        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
-    bn, bk = min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size)))
+    bn, bk, warps, stages = tiles.get("down") or (
+        min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size))), 8, 3)
     _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=8, num_stages=3,
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
     )
     return per_assign.sum(1)  # [T, H]; fp32 accumulation inside torch's reduction
