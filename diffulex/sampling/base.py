@@ -28,6 +28,12 @@ class Sampler(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    @property
+    def kernels(self) -> str:
+        """``runtime.kernels`` (resolved): with ``"triton"`` on CUDA, greedy selection takes the one-pass kernel."""
+        value = getattr(getattr(self.config, "runtime", None), "kernels", "torch")
+        return getattr(value, "value", value)
+
     @abstractmethod
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         """One Decision per request of the batch, in batch order."""

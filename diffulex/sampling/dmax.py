@@ -33,7 +33,8 @@ class DMaxSampler(Sampler):
         block = db.row_block  # [M]
         pos = db.row_position  # [M]
         current = db.row_token  # [M]
-        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev))  # [M], [M]
+        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
+                                     kernels=self.kernels)  # [M], [M]
         editable = pos >= db.row_prompt_len  # [M]
         is_mask = editable & (current == cfg.model.mask_token_id)
         # Masks left to right while confident: accept positions before the first unconfident mask.

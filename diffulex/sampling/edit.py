@@ -46,7 +46,8 @@ class EditSampler(Sampler):
             rows = has_prev.nonzero().squeeze(1)
             logits = logits.index_put((rows, prev[rows]), torch.full_like(rows, 0, dtype=logits.dtype)
                                       - sc.penalty_lambda, accumulate=True)
-        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), sc.confidence)
+        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), sc.confidence,
+                                     kernels=self.kernels)
         editable = pos >= db.row_prompt_len
         is_mask = editable & (current == mask_id)
         threshold = torch.full((nb,), float(cfg.strategy.accept_threshold), device=dev)

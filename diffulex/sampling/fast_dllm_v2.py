@@ -37,7 +37,7 @@ class FastDLLMv2Sampler(Sampler):
         dev, cfg = logits.device, self.config
         db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
-                                     cfg.sampling.confidence)  # [M], [M]
+                                     cfg.sampling.confidence, kernels=self.kernels)  # [M], [M]
         is_mask = db.row_token == cfg.model.mask_token_id  # [M]
         seed_pos = host_to_device(torch.tensor([getattr(r, "seed_position", -1) for r in reqs], dtype=torch.long),
                                   dev)  # [R]

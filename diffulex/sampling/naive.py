@@ -22,7 +22,7 @@ class NaiveSampler(Sampler):
         cfg = self.config
         db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
-                                     cfg.sampling.confidence)  # [M], [M]
+                                     cfg.sampling.confidence, kernels=self.kernels)  # [M], [M]
         is_mask = db.row_token == cfg.model.mask_token_id  # [M]
         threshold = torch.full(db.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
         accept = accept_masks(conf, is_mask, db.row_block, db.block_forced, threshold)  # [M]

@@ -37,7 +37,8 @@ class QuotaSampler(Sampler):
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
         dev, cfg = logits.device, self.config
         db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
-        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), cfg.sampling.confidence)
+        tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev), cfg.sampling.confidence,
+                                     kernels=self.kernels)
         is_mask = db.row_token == cfg.model.mask_token_id  # [M]
         score = conf
         if cfg.strategy.remasking == RemaskingKind.RANDOM:
