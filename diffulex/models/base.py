@@ -50,6 +50,31 @@ def gated_mlp_layout(ckpt: str, mod: str,
             f"{ckpt}.{down}.weight": (f"{mod}.down_proj.weight", None)}
 
 
+class PreNormDecoderLayer(nn.Module):
+    """A pre-norm block (attention, then MLP or MoE, each with a residual) that passes the residual
+    stream along, so every residual add is fused into the norm after it.
+
+    Subclasses set ``input_layernorm``, ``post_attention_layernorm`` and ``mlp`` and name their
+    attention module in ``attention_name`` (the checkpoint's name: ``self_attn``, ``attention``).
+    """
+
+    attention_name = "self_attn"
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: KVCache | None, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h``: the previous sublayer's output (layer 0: the embeddings), ``residual``: the stream
+        before it (None at layer 0) -> (this layer's MLP output, the stream before it); the values
+        equal ``h = h + attn(norm(h)); h = h + mlp(norm(h))`` (see :meth:`DiffusionLM.forward`)."""
+        # h, residual: [N, H]
+        if residual is None:
+            h, residual = self.input_layernorm(h), h
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = getattr(self, self.attention_name)(h, positions, meta, kv_cache)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
+
+
 class DiffusionLM(nn.Module, ABC):
     """Base of every family: ``forward`` -> final-norm hidden ``[N, H]``, then ``compute_logits``.
 

@@ -25,7 +25,7 @@ from diffulex.layers.moe import GroupLimitedSigmoidRouter, StackedExperts
 from diffulex.layers.norm import RMSNorm
 from diffulex.layers.parallel import TPGroup
 from diffulex.layers.rotary import RotaryEmbedding
-from diffulex.models.base import DiffusionLM, Layout, check_default_rope, gated_mlp_layout
+from diffulex.models.base import DiffusionLM, Layout, PreNormDecoderLayer, check_default_rope, gated_mlp_layout
 from diffulex.models.base import cfg_get as _cfg_get
 from diffulex.registry import AutoModel
 
@@ -98,8 +98,10 @@ class LLaDA2SparseMoe(nn.Module):
         return y
 
 
-class LLaDA2DecoderLayer(nn.Module):
+class LLaDA2DecoderLayer(PreNormDecoderLayer):
     """Pre-norm block: attention then dense MLP or MoE, each with a residual."""
+
+    attention_name = "attention"
 
     def __init__(self, cfg: Any, layer_idx: int, tp: TPGroup, dtype: torch.dtype, ep: TPGroup = TPGroup()) -> None:
         super().__init__()
@@ -113,19 +115,6 @@ class LLaDA2DecoderLayer(nn.Module):
         else:
             self.mlp = GatedMLP(hidden, cfg_get(cfg, "intermediate_size"), tp, dtype)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: KVCache | None, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h``: the previous sublayer's output (layer 0: the embeddings), ``residual``: the stream
-        before it (None at layer 0) -> (this layer's MLP output, the stream before it). Each residual
-        add is fused into the norm after it (see :meth:`DiffusionLM.forward`)."""
-        # h, residual: [N, H]
-        if residual is None:
-            h, residual = self.input_layernorm(h), h
-        else:
-            h, residual = self.input_layernorm(h, residual)
-        h = self.attention(h, positions, meta, kv_cache)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
 
 
 def is_moe_layer(cfg: Any, layer_idx: int) -> bool:

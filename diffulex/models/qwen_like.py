@@ -26,7 +26,8 @@ from diffulex.layers.mlp import GatedMLP
 from diffulex.layers.norm import RMSNorm
 from diffulex.layers.parallel import TPGroup
 from diffulex.layers.rotary import RotaryEmbedding
-from diffulex.models.base import DiffusionLM, Layout, cfg_get, check_default_rope, gated_mlp_layout
+from diffulex.models.base import (DiffusionLM, Layout, PreNormDecoderLayer, cfg_get, check_default_rope,
+                                  gated_mlp_layout)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class QwenAttention(nn.Module):
         return self.o_proj(o.reshape(n, -1))
 
 
-class QwenDecoderLayer(nn.Module):
+class QwenDecoderLayer(PreNormDecoderLayer):
     """Pre-norm block: attention then ``mlp`` (dense or MoE), each with a residual."""
 
     def __init__(self, dims: DecoderDims, rotary: RotaryEmbedding, mlp: nn.Module, tp: TPGroup,
@@ -111,19 +112,6 @@ class QwenDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps, dtype)
         self.mlp = mlp
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: KVCache | None, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h``: the previous sublayer's output (layer 0: the embeddings), ``residual``: the stream
-        before it (None at layer 0) -> (this layer's MLP output, the stream before it). Each residual
-        add is fused into the norm after it (see :meth:`DiffusionLM.forward`)."""
-        # h, residual: [N, H]
-        if residual is None:
-            h, residual = self.input_layernorm(h), h
-        else:
-            h, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(h, positions, meta, kv_cache)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
 
 
 class QwenModel(nn.Module):
