@@ -96,6 +96,25 @@ def test_fused_moe_tensor_parallel_slice_only_adds_local_experts():
     torch.testing.assert_close(parts[0] + parts[1], ref.fused_moe(x, ids, weights, w13, w2), atol=1e-5, rtol=1e-4)
 
 
+def test_gelu_tanh_experts_fused_equals_reference_and_diffusion_gemma_loop():
+    """DiffusionGemma's GELU-tanh experts: the fused kernel, the reference and the module's loop agree."""
+    from diffulex.models.diffusion_gemma_layers import GeluStackedExperts
+
+    gen = torch.Generator().manual_seed(5)
+    x, ids, weights, w13, w2 = random_moe(gen, 13, 32, 24, 6, 2, skew=True)
+    expected = ref.fused_moe(x, ids, weights, w13, w2, activation="gelu_tanh")
+    assert not torch.allclose(expected, ref.fused_moe(x, ids, weights, w13, w2), atol=1e-3)  # not SiLU
+    torch.testing.assert_close(fused_moe(x, ids, weights, w13, w2, activation="gelu_tanh"), expected,
+                               atol=1e-5, rtol=1e-4)
+    experts = GeluStackedExperts(6, 32, 24)
+    experts.w13.data, experts.w2.data = w13, w2
+    torch.testing.assert_close(experts(x, ids, weights), expected, atol=1e-5, rtol=1e-4)  # the torch loop
+    experts.kernels = "triton"  # the fused path through the module (interpreter)
+    torch.testing.assert_close(experts(x, ids, weights), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="activation"):
+        fused_moe(x, ids, weights, w13, w2, activation="relu")
+
+
 def test_reference_matches_stacked_experts():
     gen = torch.Generator().manual_seed(1)
     x, ids, weights, w13, w2 = random_moe(gen, 7, 32, 16, 6, 2)

@@ -175,8 +175,11 @@ class GeluStackedExperts(StackedExperts):
     """Stacked experts with GELU-tanh gating; loads the checkpoint's whole 3-D stacks.
 
     ``gate_up_proj: [E, 2I, H]`` (gate | up) and ``down_proj: [E, H, I]`` are sliced to this
-    rank's experts (shard_id None); per-expert shard ids still work as in the parent.
+    rank's experts (shard_id None); per-expert shard ids still work as in the parent. The
+    forward is the parent's (the per-expert loop, or the fused MoE with ``kernels="triton"``).
     """
+
+    activation = "gelu_tanh"
 
     def weight_loader(self, param, loaded_weight, shard_id=None) -> None:
         if shard_id is not None:
@@ -184,28 +187,6 @@ class GeluStackedExperts(StackedExperts):
         with torch.no_grad():
             copy_checked(param.data, narrow_checked(loaded_weight, 0, self.expert_start, self.num_local,
                                                     self.num_experts))
-
-    def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]
-        k = topk_ids.shape[1]
-        flat_ids = topk_ids.flatten()  # [T*k]
-        order = flat_ids.argsort(stable=True)  # grouped by expert
-        token_of = order // k
-        weight_of = topk_weights.flatten()[order].float()
-        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # one host sync per layer
-        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
-        start = sum(counts[: self.expert_start])
-        for local in range(self.num_local):
-            n = counts[self.expert_start + local]
-            if n == 0:
-                continue
-            rows = slice(start, start + n)
-            start += n
-            tokens = token_of[rows]  # [n]
-            gate, up = F.linear(x[tokens], self.w13[local]).chunk(2, dim=-1)  # [n, I] each
-            y = F.linear(F.gelu(gate, approximate="tanh") * up, self.w2[local])  # [n, H]
-            out.index_add_(0, tokens, y.float() * weight_of[rows, None])
-        return self.tp.all_reduce(out).to(x.dtype)
 
 
 class DiffusionGemmaLayer(nn.Module):

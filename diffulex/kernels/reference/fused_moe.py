@@ -6,6 +6,15 @@ import torch
 import torch.nn.functional as F
 
 
+def expert_activation(name: str):
+    """The gate activation of a gated expert MLP by name: ``silu`` or ``gelu_tanh``."""
+    if name == "silu":
+        return F.silu
+    if name == "gelu_tanh":
+        return lambda g: F.gelu(g, approximate="tanh")
+    raise ValueError(f"expert activation {name!r}: expected 'silu' or 'gelu_tanh'")
+
+
 def fused_moe(
     x: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -14,14 +23,17 @@ def fused_moe(
     w2: torch.Tensor,
     expert_start: int = 0,
     num_experts: int | None = None,
+    activation: str = "silu",
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]``.
 
-    ``out[t] = sum_j w[t, j] * w2[e] @ (silu(gate_e x[t]) * up_e x[t])`` for the local experts
+    ``out[t] = sum_j w[t, j] * w2[e] @ (act(gate_e x[t]) * up_e x[t])`` for the local experts
     ``e = topk_ids[t, j] - expert_start`` in ``[0, E)``; others add nothing. Matmuls in the
     input dtype, the weighted sum in fp32. ``num_experts`` (global count) is accepted for
-    signature parity with the Triton op and not needed here. Slow: reads the ids on the host.
+    signature parity with the Triton op and not needed here. ``activation``: ``"silu"`` or
+    ``"gelu_tanh"`` (DiffusionGemma). Slow: reads the ids on the host.
     """
+    act = expert_activation(activation)
     del num_experts
     num_local, two_i, _ = w13.shape
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
@@ -31,6 +43,6 @@ def fused_moe(
             if not 0 <= e < num_local:
                 continue
             gate, up = F.linear(x[t], w13[e]).chunk(2, dim=-1)  # [I], [I]
-            y = F.linear(F.silu(gate) * up, w2[e])  # [H]
+            y = F.linear(act(gate) * up, w2[e])  # [H]
             out[t] += y.float() * topk_weights[t, j].float()
     return out.to(x.dtype)

@@ -1,6 +1,6 @@
 """Routed experts as two grouped GEMMs that read each selected expert's weights once per step.
 
-Computes ``out[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t]))`` with
+Computes ``out[t] = sum_j w[t, j] * down_e(act(gate_e(x[t])) * up_e(x[t]))`` (act: SiLU, or GELU-tanh) with
 ``e = topk_ids[t, j]``, for stacked weights ``w13: [E, 2I, H]`` (gate rows ``[0, I)``, up rows
 ``[I, 2I)``) and ``w2: [E, H, I]``: the same function as ``kernels.reference.fused_moe``
 and ``layers.moe.StackedExperts``.
@@ -10,7 +10,7 @@ Layout, all built on device without a host sync (:func:`moe_align`): the ``A = T
 ``BLOCK_M`` rows; the grid is the fixed upper bound ``cdiv(A, BLOCK_M) + min(E, A)`` blocks
 and surplus blocks exit at once. Kernel 1, grid ``(blocks, cdiv(I, BN))``: gathers the
 block's token rows of ``x``, computes gate and up together against one expert's ``w13``
-tile, applies ``silu(gate) * up`` in fp32, and stores ``inter [A, I]`` in sorted order.
+tile, applies ``act(gate) * up`` in fp32, and stores ``inter [A, I]`` in sorted order.
 Kernel 2, grid ``(blocks, cdiv(H, BN))``: ``inter @ w2[e]^T``, times the routing weight, stored
 to a per-assignment buffer ``[T, k, H]``; a final ``sum`` over k gives the output. That
 sum is deterministic (no atomics), at the cost of writing ``A x H`` values once.
@@ -39,7 +39,7 @@ def _gate_up_kernel(
     x_ptr, w13_ptr, inter_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
     stride_xt, stride_we, stride_wn, num_local, H, I,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FP32_DOT: tl.constexpr,
+    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr,
 ):
     blk = tl.program_id(0)
     e = tl.load(blk_expert_ptr + blk)
@@ -68,7 +68,10 @@ def _gate_up_kernel(
         else:
             acc_g += tl.dot(x, tl.trans(wg))
             acc_u += tl.dot(x, tl.trans(wu))
-    h = acc_g * tl.sigmoid(acc_g) * acc_u
+    if GELU_TANH:  # 0.5 g (1 + tanh(a)) = g * sigmoid(2a), a = sqrt(2/pi) (g + 0.044715 g^3)
+        h = acc_g * tl.sigmoid(1.5957691216057308 * (acc_g + 0.044715 * acc_g * acc_g * acc_g)) * acc_u
+    else:
+        h = acc_g * tl.sigmoid(acc_g) * acc_u
     tl.store(inter_ptr + rows[:, None].to(tl.int64) * I + n[None, :], h.to(inter_ptr.dtype.element_ty),
              mask=r_ok[:, None] & n_ok[None, :])
 
@@ -127,14 +130,18 @@ def fused_moe(
     num_experts: int | None = None,
     block_m: int | None = None,
     tiles: dict[str, tuple[int, int, int, int]] | None = None,
+    activation: str = "silu",
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
 
     ``num_experts``: the global expert count when ``w13`` holds only this rank's experts
     (None: all experts are local). ``block_m`` overrides the tokens-per-block heuristic;
     ``tiles`` the launch of either kernel: ``{"gate_up"|"down": (BLOCK_N, BLOCK_K, warps,
-    stages)}`` (``experiments/moe_tune.py`` sweeps them on a GPU).
+    stages)}`` (``experiments/moe_tune.py`` sweeps them on a GPU). ``activation``: ``"silu"`` or
+    ``"gelu_tanh"`` (DiffusionGemma's experts).
     """
+    if activation not in ("silu", "gelu_tanh"):
+        raise ValueError(f"fused_moe: activation {activation!r}, expected 'silu' or 'gelu_tanh'")
     n_tok, hidden = x.shape
     top_k = topk_ids.shape[1]
     num_local, two_i, _ = w13.shape
@@ -159,7 +166,8 @@ def fused_moe(
     _gate_up_kernel[(n_blocks, triton.cdiv(inter_size, bn))](
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
         x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size,
-        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
+        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, GELU_TANH=activation == "gelu_tanh",
+        num_warps=warps, num_stages=stages,
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffulex.kernels.reference.fused_moe import expert_activation
 from diffulex.layers.linear import copy_checked
 from diffulex.layers.parallel import TPGroup
 
@@ -24,11 +25,12 @@ class StackedExperts(nn.Module):
 
     ``kernels`` (set by the model runner): ``"torch"`` runs the loop below (one host sync per
     layer); ``"triton"`` runs the fused grouped-GEMM MoE, which reads each selected expert
-    once per step and never syncs with the host. Subclasses with another activation
-    override :meth:`forward` and keep the loop.
+    once per step and never syncs with the host. ``activation`` names the gate activation
+    (``"silu"``; DiffusionGemma's subclass ``"gelu_tanh"``); both paths honour it.
     """
 
     uses_kernels = True
+    activation = "silu"  # the gate activation: "silu" or "gelu_tanh" (subclasses)
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
                  tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32, ep: TPGroup = TPGroup()) -> None:
@@ -76,10 +78,12 @@ class StackedExperts(nn.Module):
             from diffulex.kernels import get_ops
 
             y = get_ops(x.device, self.kernels).fused_moe(
-                x.contiguous(), topk_ids, topk_weights, self.w13, self.w2, self.expert_start, self.num_experts)
+                x.contiguous(), topk_ids, topk_weights, self.w13, self.w2, self.expert_start, self.num_experts,
+                activation=self.activation)
             if self.tp.size * self.ep.size == 1:
                 return y
             return self.ep.all_reduce(self.tp.all_reduce(y.float())).to(x.dtype)
+        act = expert_activation(self.activation)
         k = topk_ids.shape[1]
         flat_ids = topk_ids.flatten()  # [T*k]
         order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert
@@ -97,6 +101,6 @@ class StackedExperts(nn.Module):
             tokens = token_of[rows]  # [n]
             h = F.linear(x[tokens], self.w13[local])  # [n, 2I]
             gate, up = h.chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.w2[local])  # [n, H]
+            y = F.linear(act(gate) * up, self.w2[local])  # [n, H]
             out.index_add_(0, tokens, y.float() * weight_of[rows, None])
         return self.ep.all_reduce(self.tp.all_reduce(out)).to(x.dtype)
