@@ -171,9 +171,10 @@ def test_engine_equals_reference(setup, dual, monkeypatch):
     def spy(self, input_ids, positions, meta, extras=None):
         cache_only = meta.cache_only.tolist()
         modes.append(cache_only)
-        ctx = (extras or {}).get("fdv2_context_lens")
-        if ctx is not None:  # a cache-only sequence reads its whole block from the cache
-            assert all(c % B == 0 for c, co in zip(ctx.tolist(), cache_only) if co)
+        # A cache-only sequence reads its whole block from the cache: past its fed tokens, to a block end.
+        for c, co, lo in zip(meta.context_lens.tolist(), cache_only, meta.cu_seqlens_q[:-1].tolist()):
+            if co:
+                assert c % B == 0 and c > int(meta.positions[lo])
         return run(self, input_ids, positions, meta, extras)
 
     monkeypatch.setattr(FastDLLMv2Runner, "run", spy)

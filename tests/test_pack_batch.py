@@ -43,7 +43,7 @@ def reference_pack(reqs, plans, page_size):
             written = max(plan.write_start, plan.start) <= p < plan.write_end
             slots.append(req.page_table[p // page_size] * page_size + p % page_size if written else -1)
         cu.append(len(ids))
-        ctx.append(plan.start)
+        ctx.append(plan.context_len if plan.context_len >= 0 else plan.start)  # cached keys read
         cache_only.append(bool(getattr(plan, "cache_only", False)))
         first = len(blocks["forced"])
         for i in range(len(plan.spans)):
@@ -146,7 +146,7 @@ def test_shift_plans_refeed_the_last_cached_token():
     check(reqs, plans)
 
 
-def test_cache_only_sub_block_plans_and_extras():
+def test_cache_only_sub_block_plans_read_their_context_len():
     reqs = [block_req(i, p, 32, [1 + i, 9 + i, 17 + i, 25 + i], cls=FastDLLMv2Request) for i, p in enumerate((5, 9))]
     plans = [
         SubBlockPlan(start=15, end=20, write_start=16, write_end=20, spans=[(16, 20)], forced=[True], quota=[-1],
@@ -155,7 +155,7 @@ def test_cache_only_sub_block_plans_and_extras():
                      blocks=[1], shift=True, seed=8),
     ]
     batch = check(reqs, plans)
-    assert batch.extras["fdv2_context_lens"].tolist() == [24, 8]
+    assert batch.meta.context_lens.tolist() == [24, 8] and batch.extras == {}
 
 
 @dataclasses.dataclass

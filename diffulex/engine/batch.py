@@ -186,8 +186,8 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
         table += pages
         if len(pages) < max_pages:
             table += [-1] * (max_pages - len(pages))
-        per_req += (end - start, start - num_tokens, off, lo, hi, r * max_pages, start,
-                    bool(getattr(plan, "cache_only", False)))
+        per_req += (end - start, start - num_tokens, off, lo, hi, r * max_pages,
+                    getattr(plan, "cached_keys", start), bool(getattr(plan, "cache_only", False)))
         first_block, k = len(blk_req), len(plan.spans)
         blk_forced += plan.forced
         blk_quota += plan.quota or [-1] * k

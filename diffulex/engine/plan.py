@@ -27,6 +27,14 @@ class StepPlan:
     force_all: list[bool] = field(default_factory=list)  # per block: fill every remaining mask now
     shift: bool = False
     cache_only: bool = False  # keys only from the cache (new KV written first): the dual-cache mode
+    # Cached keys this forward reads: positions [0, context_len). -1: ``start`` (everything before
+    # the fed tokens). A cache-only plan may read past ``start`` (its own block's rewritten KV).
+    context_len: int = -1
+
+    @property
+    def cached_keys(self) -> int:
+        """The attention's ``context_lens`` entry of this request."""
+        return self.context_len if self.context_len >= 0 else self.start
 
     def query_positions(self) -> range:
         """Positions whose prediction this step needs (within the spans)."""

@@ -49,7 +49,6 @@ from .pipelined import BlockRequest
 class SubBlockPlan(StepPlan):
     """A step plan whose logits rows are exactly the current sub-block's (``spans[0]``)."""
 
-    context_len: int = -1  # cache_only: the cached keys [0, context_len); -1: ``start``
     seed: int = -1  # position filled by its argmax whatever its confidence (-1: none)
 
     def query_positions(self) -> range:
@@ -132,13 +131,6 @@ class FastDLLMv2Request(BlockRequest):
         self.num_cached = 0
         self.block_cached = False
 
-    @classmethod
-    def pack_extras(cls, reqs: list[Any], plans: list[Any], bases: list[int]) -> dict:
-        if not any(p.cache_only for p in plans):
-            return {}
-        ctx = [p.context_len if getattr(p, "context_len", -1) >= 0 else p.start for p in plans]
-        return {"fdv2_context_lens": torch.tensor(ctx, dtype=torch.long)}
-
 
 class _RowFreeGraphs:
     """CUDA graphs fed a metadata without logits rows (the graph never reads them; the
@@ -155,20 +147,13 @@ class _RowFreeGraphs:
 
 
 class FastDLLMv2Runner(ModelRunner):
-    """The shared runner; a cache-only sequence reads the cached keys up to its block end."""
+    """The shared runner with CUDA graphs that ignore the logits rows (a cache-only sequence's
+    read of its whole block comes from ``StepPlan.context_len``, through ``context_lens``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.graphs is not None:
             self.graphs = _RowFreeGraphs(self.graphs)
-
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-            extras: dict[str, Any] | None = None) -> torch.Tensor | None:
-        extras = dict(extras or {})
-        ctx = extras.pop("fdv2_context_lens", None)
-        if ctx is not None:
-            meta = dataclasses.replace(meta, context_lens=ctx.to(meta.context_lens.device))
-        return super().run(input_ids, positions, meta, extras)
 
 
 register_strategy("fast_dllm_v2", request=FastDLLMv2Request, scheduler=BlockScheduler,
