@@ -21,7 +21,7 @@ KW = dict(dtype="float32", block_size=8, page_size=8, decoding_strategy="multi_b
 
 
 def _tokens(path, **kw):
-    with Diffulex(path, **KW, **kw) as llm:
+    with Diffulex(path, **{**KW, **kw}) as llm:
         assert llm.config.cache.enable_prefix_caching is False  # DP splits the batch (no fallback)
         out = llm.generate(PROMPTS, SamplingParams(max_tokens=16))
     assert not mp.active_children()
@@ -48,6 +48,26 @@ def _reference(tiny_path, family):
 ])
 def test_parallel_tokens_equal_single_rank(tiny_path, family, topology):
     assert _tokens(tiny_path(family), **topology) == _reference(tiny_path, family)
+
+
+@pytest.mark.timeout(90)
+def test_fast_dllm_v2_dual_cache_splits_over_data_parallel_replicas(tiny_path, monkeypatch):
+    """fast_dllm_v2's cache-only sub-block steps carry no extras (StepPlan.context_len): DP splits them."""
+    from diffulex.engine import data_parallel
+
+    splits = []
+    real = data_parallel.forward_data_parallel
+
+    def spy(runner, workers, replica_size, dp, reqs, batch):
+        splits.append(bool(batch.meta.cache_only.any()))
+        return real(runner, workers, replica_size, dp, reqs, batch)
+
+    monkeypatch.setattr(data_parallel, "forward_data_parallel", spy)
+    kw = dict(decoding_strategy="fast_dllm_v2", use_dual_cache=True)  # blocks of 8, sub-blocks of 2
+    one = _tokens(tiny_path("fast_dllm_v2"), **kw)
+    assert not splits
+    assert _tokens(tiny_path("fast_dllm_v2"), data_parallel_size=2, **kw) == one
+    assert splits and any(splits)  # cache-only steps went through the split path too
 
 
 def test_expert_parallel_shards_whole_experts(tiny_path):
