@@ -70,6 +70,40 @@ def test_fast_dllm_v2_dual_cache_splits_over_data_parallel_replicas(tiny_path, m
     assert splits and any(splits)  # cache-only steps went through the split path too
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family, strategy", [("llada2", dict(decoding_strategy="dmax", sampling_mode="edit")),
+                                              ("diffusion_gemma", dict(decoding_strategy="diffusion_gemma"))])
+def test_strategy_extras_are_sliced_per_replica(tiny_path, monkeypatch, family, strategy):
+    """dmax's soft inputs and DiffusionGemma's canvas mask / self-conditioning rows go to their replica."""
+    from diffulex.engine import data_parallel
+
+    seen = []
+    real = data_parallel.forward_data_parallel
+
+    def spy(runner, workers, replica_size, dp, reqs, batch):
+        seen.append(sorted(batch.extras))
+        return real(runner, workers, replica_size, dp, reqs, batch)
+
+    monkeypatch.setattr(data_parallel, "forward_data_parallel", spy)
+    kw = dict(strategy, enable_prefix_caching=False)
+    if family == "diffusion_gemma":
+        kw.update(block_size=None, page_size=16)
+    one = _tokens(tiny_path(family), **kw)
+    assert _tokens(tiny_path(family), data_parallel_size=2, **kw) == one
+    assert any(keys for keys in seen)  # steps with extras took the split path
+
+
+def test_soft_inputs_select_tokens_renumbers_to_the_slice():
+    from diffulex.engine.soft_inputs import SoftInputs
+
+    soft = SoftInputs(torch.tensor([1, 4, 6]), torch.tensor([[3, 5], [7, 9], [2, 8]]),
+                      torch.tensor([[0.5, 0.2], [0.6, 0.1], [0.9, 0.0]]), mask_id=99)
+    part = soft.select_tokens(torch.tensor([4, 5, 6, 7]), num_tokens=8)  # tokens 4..7 of the batch
+    assert part.index.tolist() == [0, 2] and part.ids.tolist() == [[7, 9], [2, 8]]
+    assert part.probs.tolist() == [[0.6000000238418579, 0.10000000149011612], [0.8999999761581421, 0.0]]
+    assert soft.select_tokens(torch.tensor([0, 2]), 8).index.numel() == 0
+
+
 def test_expert_parallel_shards_whole_experts(tiny_path):
     from diffulex.layers.moe import StackedExperts
     from diffulex.layers.parallel import TPGroup

@@ -33,10 +33,31 @@ def replica_of(req_id: int, dp: int) -> int:
 def can_split(config: Any, batch: Any) -> bool:
     """Whether the step may be split over replicas.
 
-    Not with prefix caching (a cached page may have been written by another replica) and not
-    with strategy extras (their layout is strategy-specific, so they cannot be sliced here).
+    Not with prefix caching (a cached page may have been written by another replica), and not
+    when a strategy extra cannot be sliced by token (see :func:`slice_extras`).
     """
-    return not config.cache.enable_prefix_caching and not batch.extras
+    if config.cache.enable_prefix_caching:
+        return False
+    n = batch.input_ids.shape[0]
+    return all(_sliceable(v, n) for v in batch.extras.values())
+
+
+def _sliceable(value: Any, num_tokens: int) -> bool:
+    return hasattr(value, "select_tokens") or (torch.is_tensor(value) and value.dim() >= 1
+                                                 and value.shape[0] == num_tokens)
+
+
+def slice_extras(extras: dict, tok: torch.Tensor, num_tokens: int) -> dict:
+    """A replica's strategy extras: token-indexed tensors (first dim = the batch's ``N`` tokens,
+    e.g. DiffusionGemma's canvas mask and self-conditioning rows) are gathered at ``tok``;
+    objects with ``select_tokens(tok, num_tokens)`` (e.g. :class:`SoftInputs`) slice themselves."""
+    out = {}
+    for key, value in extras.items():
+        if hasattr(value, "select_tokens"):
+            out[key] = value.select_tokens(tok, num_tokens)
+        else:
+            out[key] = value[tok.to(value.device)]
+    return out
 
 
 @dataclass
@@ -48,6 +69,7 @@ class ReplicaSlice:
     positions: torch.Tensor  # [n]
     meta: AttentionMetadata
     rows: torch.Tensor  # [m] long: rows of the full batch's logits, in the slice's order
+    extras: dict  # the strategy extras of these tokens (see slice_extras)
 
 
 def split_batch(batch: Any, owners: list[int], dp: int) -> list[ReplicaSlice]:
@@ -77,7 +99,8 @@ def split_batch(batch: Any, owners: list[int], dp: int) -> list[ReplicaSlice]:
             slot_mapping=meta.slot_mapping[tok], key_lo=meta.key_lo[tok], key_hi=meta.key_hi[tok],
             cache_only=meta.cache_only[sel_t],
             logits_indices=logits_idx[rows] + shift[row_req[rows]], page_size=meta.page_size)
-        out.append(ReplicaSlice(d, batch.input_ids[tok], batch.positions[tok], sub, rows))
+        out.append(ReplicaSlice(d, batch.input_ids[tok], batch.positions[tok], sub, rows,
+                                slice_extras(batch.extras, tok, batch.input_ids.shape[0])))
     return out
 
 
@@ -96,14 +119,14 @@ def forward_data_parallel(runner: Any, workers: Any, replica_size: int, dp: int,
         for rank in range(s.replica * replica_size, (s.replica + 1) * replica_size):
             if rank == 0:
                 continue
-            workers.send_to(rank - 1, "run", s.input_ids, s.positions, s.meta, {})
+            workers.send_to(rank - 1, "run", s.input_ids, s.positions, s.meta, s.extras)
             sent.append((rank - 1, s))
     results: dict[int, torch.Tensor] = {}
     error: Optional[BaseException] = None
     try:
         local = next((s for s in slices if s.replica == 0), None)
         if local is not None:
-            results[0] = runner.run(local.input_ids, local.positions, local.meta, {})
+            results[0] = runner.run(local.input_ids, local.positions, local.meta, local.extras)
     except BaseException as exc:  # drain the workers before re-raising, to keep the channels in step
         error = exc
     for index, s in sent:

@@ -28,6 +28,16 @@ class SoftInputs:
         return SoftInputs(self.index.to(device), self.ids.to(device), self.probs.to(device), self.mask_id,
                           self.renormalize, self.weight)
 
+    def select_tokens(self, tok: torch.Tensor, num_tokens: int) -> "SoftInputs":
+        """The mixtures of the flat-batch tokens ``tok`` (a data-parallel replica's slice), with
+        ``index`` renumbered to positions in ``tok``; ``num_tokens`` is the full batch's N."""
+        new_pos = torch.full((num_tokens,), -1, dtype=torch.long)
+        new_pos[tok] = torch.arange(tok.numel())
+        where = new_pos[self.index.cpu()]  # [S]
+        keep = where >= 0
+        return SoftInputs(where[keep].to(self.index.device), self.ids[keep.to(self.ids.device)],
+                          self.probs[keep.to(self.probs.device)], self.mask_id, self.renormalize, self.weight)
+
     def embed(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings [N, H] with the mixtures written at ``index``."""
         hard = model.embed(input_ids)  # [N, H]
