@@ -93,6 +93,56 @@ def test_strategy_extras_are_sliced_per_replica(tiny_path, monkeypatch, family, 
     assert any(keys for keys in seen)  # steps with extras took the split path
 
 
+@pytest.mark.timeout(120)
+def test_prefix_caching_splits_over_replicas_with_per_replica_keys(tiny_path, monkeypatch):
+    """Prompts sharing a prefix: each replica reuses only its own pages; tokens equal one rank's."""
+    from diffulex.engine import data_parallel
+
+    split = []
+    real = data_parallel.forward_data_parallel
+
+    def spy(*args):
+        split.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(data_parallel, "forward_data_parallel", spy)
+    from diffulex.engine.kv_cache_manager import KVCacheManager
+
+    hits = []
+    match = KVCacheManager.match_prefix
+
+    def counting(self, token_ids, max_tokens, namespace=b""):
+        pages, n = match(self, token_ids, max_tokens, namespace)
+        hits.append((namespace, n))
+        return pages, n
+
+    monkeypatch.setattr(KVCacheManager, "match_prefix", counting)
+    shared = [(7 * i) % 200 + 20 for i in range(16)]  # two whole blocks of 8
+    prompts = [shared + [30 + j] for j in range(4)] + [shared]
+    kw = dict(KW, enable_prefix_caching=True)
+    results = []
+    for dp in (1, 2):
+        with Diffulex(tiny_path("llada2"), data_parallel_size=dp, **kw) as llm:
+            first = llm.generate(prompts, SamplingParams(max_tokens=16))
+            again = llm.generate(prompts, SamplingParams(max_tokens=16))  # hits the cached prefix pages
+            results.append(([t.token_ids for t in first], [t.token_ids for t in again]))
+    assert results[1] == results[0] and results[0][0] == results[0][1]
+    assert split  # no whole-batch fallback
+    assert {ns for ns, n in hits if n > 0} == {b"", b"dp0/", b"dp1/"}  # both replicas reused their own pages
+
+
+def test_prefix_keys_are_namespaced():
+    from diffulex.engine.kv_cache_manager import KVCacheManager
+
+    kv = KVCacheManager(16, 4, 4, True)
+    tokens = list(range(12))
+    table: list[int] = []
+    assert kv.allocate(table, 12)
+    kv.commit(table, tokens, 12, b"dp0/")
+    assert kv.match_prefix(tokens, 12, b"dp1/") == ([], 0)  # another replica: no reuse
+    assert kv.match_prefix(tokens, 12, b"dp0/")[1] == 12
+
+
 def test_soft_inputs_select_tokens_renumbers_to_the_slice():
     from diffulex.engine.soft_inputs import SoftInputs
 

@@ -61,7 +61,8 @@ class BlockScheduler(Scheduler):
     def _reuse_prefix(self, req: Any) -> None:
         if not self.config.cache.enable_prefix_caching or req.page_table:
             return
-        pages, n = self.kv_cache_manager.match_prefix(req.canvas, req.committed_end)
+        pages, n = self.kv_cache_manager.match_prefix(req.canvas, req.committed_end,
+                                                       getattr(req, "cache_namespace", b""))
         req.page_table.extend(pages)
         req.num_cached = n
 

@@ -6,8 +6,8 @@ replica ``d`` (rank 0, the caller, drives replica 0). Each request is pinned to 
 replica. Every replica allocates its own cache tensors of the same page count while rank 0's
 KV manager hands out page ids from one pool: the same page id on two replicas is two
 different memories, and a page id belongs to one request at a time, so requests never
-collide. (Prefix caching shares pages *between* requests, which would cross replicas; the
-engine then runs every replica on the whole batch instead, see :func:`can_split`.)
+collide. Prefix caching shares pages *between* requests: the keys of each replica's pages are
+hashed in that replica's namespace, so sharing never crosses replicas.
 
 The packed batch of the step is sliced per replica (requests, tokens and logits rows keep
 their relative order), each replica's ranks run their slice, the replica drivers send their
@@ -33,11 +33,10 @@ def replica_of(req_id: int, dp: int) -> int:
 def can_split(config: Any, batch: Any) -> bool:
     """Whether the step may be split over replicas.
 
-    Not with prefix caching (a cached page may have been written by another replica), and not
-    when a strategy extra cannot be sliced by token (see :func:`slice_extras`).
+    Not when a strategy extra cannot be sliced by token (see :func:`slice_extras`). Prefix
+    caching is fine: each replica hashes its pages in its own namespace (the engine sets
+    ``req.cache_namespace``), so a request only reuses pages its own replica wrote.
     """
-    if config.cache.enable_prefix_caching:
-        return False
     n = batch.input_ids.shape[0]
     return all(_sliceable(v, n) for v in batch.extras.values())
 

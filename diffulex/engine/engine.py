@@ -24,6 +24,7 @@ from ..sampling_params import SamplingParams
 from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
+from . import data_parallel
 
 logger = logging.getLogger("diffulex.engine")
 
@@ -141,6 +142,10 @@ class DiffulexEngine:
         req.generator = (torch.Generator().manual_seed(sampling_params.seed)
                          if sampling_params.seed is not None else self._generator)
         req.arrival_s, req.first_token_s, req.records = time.perf_counter(), None, []
+        dp = self.config.parallel.data_parallel_size
+        # Prefix-cache keys per data-parallel replica: a cached page's KV lives on the replica
+        # that wrote it, so only requests pinned to that replica may reuse it.
+        req.cache_namespace = f"dp{data_parallel.replica_of(req.req_id, dp)}/".encode() if dp > 1 else b""
         self._next_id += 1
         self._requests[req.req_id] = req
         self.scheduler.add(req)
@@ -178,7 +183,8 @@ class DiffulexEngine:
         for req, plan, decision in zip(reqs, plans, decisions):
             req.after_forward(plan)
             if prefix_caching and plan.write_end > plan.start:
-                self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached)
+                self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached,
+                                             getattr(req, "cache_namespace", b""))
             if self._apply(req, plan, decision, elapsed, eos_ids):
                 finished.append(req)
         for req in finished:
@@ -194,12 +200,10 @@ class DiffulexEngine:
         """
         p = self.config.parallel
         if p.data_parallel_size > 1 and self.workers is not None:
-            from .data_parallel import can_split, forward_data_parallel
-
-            if can_split(self.config, batch):
-                return forward_data_parallel(self.runner, self.workers,
-                                             p.tensor_parallel_size * p.expert_parallel_size,
-                                             p.data_parallel_size, reqs, batch)
+            if data_parallel.can_split(self.config, batch):
+                return data_parallel.forward_data_parallel(
+                    self.runner, self.workers, p.tensor_parallel_size * p.expert_parallel_size,
+                    p.data_parallel_size, reqs, batch)
         # One replica, or a batch that cannot be split: every rank runs the whole batch.
         return self.call_all("run", batch.input_ids, batch.positions, batch.meta, batch.extras)[0]
 

@@ -134,20 +134,22 @@ class KVCacheManager:
         page_end = (page_index + 1) * self.page_size
         return -(-page_end // self.block_size) * self.block_size
 
-    def match_prefix(self, token_ids: list[int], max_tokens: int) -> tuple[list[int], int]:
+    def match_prefix(self, token_ids: list[int], max_tokens: int, namespace: bytes = b"") -> tuple[list[int], int]:
         """Take references to the longest cached page chain matching ``token_ids``.
 
         The match covers at most ``max_tokens`` tokens and ends at a block *and* page
         boundary (rounded down), so the caller resumes decoding at a block start with
         a page-aligned table. Returns ``(pages, num_matched_tokens)``; the caller uses
-        ``pages`` as the start of its page table and must ``free`` it later.
+        ``pages`` as the start of its page table and must ``free`` it later. ``namespace``
+        seeds the hash chain: only pages committed under the same namespace match (data
+        parallelism gives each replica its own, as a page's KV lives on one replica).
         """
         if not self.enable_prefix_caching:
             return [], 0
         unit = max(self.page_size, self.block_size)  # lcm of two powers of two
         limit = min(max_tokens, len(token_ids)) // unit * unit
         pages: list[int] = []
-        key = b""
+        key = namespace
         for i in range(limit // self.page_size):
             # limit is block-aligned, so _key_end(i) <= limit: the key is computable.
             key = _chain_hash(key, token_ids[i * self.page_size : self._key_end(i)])
@@ -166,7 +168,7 @@ class KVCacheManager:
         return pages, len(pages) * self.page_size
 
     def commit(
-        self, page_table: list[int], token_ids: list[int], num_committed_tokens: int
+        self, page_table: list[int], token_ids: list[int], num_committed_tokens: int, namespace: bytes = b""
     ) -> None:
         """Register the keys of full pages whose KV is final in ``[0, num_committed_tokens)``.
 
@@ -187,7 +189,7 @@ class KVCacheManager:
                 f"commit of {num_committed_tokens} tokens needs {num_full} pages but the "
                 f"page table has {len(page_table)}; allocate before writing KV"
             )
-        key = b""
+        key = namespace  # see match_prefix
         for i in range(num_full):
             end = self._key_end(i)
             if end > num_committed_tokens:
