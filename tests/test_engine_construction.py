@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -44,9 +45,11 @@ def test_single_rank_engine_builds_and_exits_idempotently(tiny_path):
     assert llm.config.model.name == "llada2_mini"
     assert llm.tokenizer is llm.config.tokenizer
     assert llm.runner.kv_caches and llm.scheduler is not None
+    assert gc.get_freeze_count() > 0  # the loaded model is kept out of the cyclic collector
     llm.exit()
     llm.exit()
     assert llm.is_closed and llm.runner is None
+    assert gc.get_freeze_count() == 0  # and handed back to it, so nothing of the engine outlives it
 
 
 def test_flat_aliases_reach_the_config_tree_and_unrelated_keywords_are_named(tiny_path, caplog):

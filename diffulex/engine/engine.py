@@ -102,7 +102,7 @@ class DiffulexEngine:
         # collection walks them all (50-120 ms, every ~100 steps at batch 64). Freeze them out
         # of the collector once built; objects created later are collected as usual.
         gc.collect()
-        gc.freeze()
+        gc.freeze()  # undone in exit()
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
@@ -339,6 +339,10 @@ class DiffulexEngine:
                 if parallel is not None:
                     destroy_parallel_state(parallel)
         self.scheduler = None
+        # Undo _start's gc.freeze(): frozen objects are never collected, so anything of this
+        # engine caught in a reference cycle (GPU tensors included) would outlive it, e.g.
+        # across the jobs of a sweep. The next engine freezes its own objects again.
+        gc.unfreeze()
 
     def __enter__(self) -> "DiffulexEngine":
         return self
