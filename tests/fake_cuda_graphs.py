@@ -1,0 +1,68 @@
+"""A stand-in for CUDA graph capture on CPU, to test the static-buffer plumbing of DecodeGraphs.
+
+A real capture records kernels that read and write fixed addresses; a replay reruns them on
+whatever the static buffers then hold. The fake keeps that contract: a forward called inside
+``torch.cuda.graph(g)`` is recorded with its (static) arguments and output tensor, and
+``g.replay()`` reruns it on the same argument objects and copies the result into that same
+output tensor. So a replay sees exactly what the owner copied into the static buffers, and
+anything computed outside the capture (e.g. metadata derived once and cached) goes stale the
+way it would on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+
+
+class FakeGraph:
+    current: "FakeGraph | None" = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable, tuple, torch.Tensor]] = []
+
+    def replay(self) -> None:
+        for fn, args, out in self.calls:
+            out.copy_(fn(*args))
+
+
+def recording(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap the captured forward: inside a fake capture, remember the call for the replays."""
+
+    def wrapped(*args: Any) -> torch.Tensor:
+        out = forward(*args)
+        if FakeGraph.current is not None:
+            FakeGraph.current.calls.append((forward, args, out))
+        return out
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def _capture(graph: FakeGraph, pool: Any = None):
+    FakeGraph.current = graph
+    try:
+        yield
+    finally:
+        FakeGraph.current = None
+
+
+class _Stream:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+
+def install(monkeypatch) -> None:
+    """Replace the torch.cuda graph / stream API that DecodeGraphs uses with the fakes."""
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
