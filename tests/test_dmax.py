@@ -94,6 +94,23 @@ def test_soft_inputs_mix_token_and_mask_embeddings_with_renormalization():
     assert torch.allclose(half[1], 0.25 * want + 0.75 * e[2], atol=1e-6)
 
 
+@pytest.mark.parametrize("renormalize, weight", [(True, 1.0), (False, 0.25)])
+def test_dense_soft_inputs_embed_like_the_sparse_form(renormalize, weight):
+    """The fixed-shape form CUDA graphs take gives the same embeddings as SoftInputs.embed."""
+    from diffulex.engine.soft_inputs import embed_dense
+
+    emb = torch.nn.Embedding(V, 4)
+    torch.nn.init.normal_(emb.weight, generator=torch.Generator().manual_seed(1))
+    model = SimpleNamespace(embed=emb)
+    ids = torch.tensor([1, 2, 3, 4, 5])
+    soft = SoftInputs(torch.tensor([3, 0]), torch.tensor([[5, 6], [7, 2]]), torch.tensor([[0.5, 0.2], [0.9, 0.1]]),
+                      MASK, renormalize=renormalize, weight=weight)
+    dense = soft.dense(5)
+    assert dense["soft_mask"].tolist() == [True, False, False, True, False]
+    got = embed_dense(model, ids, dense["soft_mask"], dense["soft_ids"], dense["soft_probs"], MASK, renormalize, weight)
+    assert torch.equal(got, soft.embed(model, ids))
+
+
 def test_dmax_end_to_end_batched_equals_alone_and_is_deterministic(tiny_path):
     path = tiny_path("llada2")
     kw = dict(decoding_strategy="dmax", sampling_mode="edit", block_size=8, page_size=8, accept_threshold=0.005,

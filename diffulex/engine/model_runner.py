@@ -16,7 +16,11 @@ import torch
 
 from ..config import Config, Device, DType
 from ..layers.staging import HostStager
+from .soft_inputs import SoftInputs, embed_dense
 from .distributed import ParallelState
+
+# Static buffers a captured step may hold for strategy inputs (each captured shape has its own).
+_MAX_GRAPH_EXTRAS_BYTES = 64 << 20
 
 _DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
 
@@ -56,7 +60,7 @@ class ModelRunner:
 
             s = config.strategy
             self.graphs = DecodeGraphs(
-                lambda ids, pos, meta: self.model(ids, pos, meta, self.kv_caches), self.device,
+                self.graph_forward, self.device,
                 max_tokens=max(config.runtime.cuda_graph_batch_sizes) * s.block_size * (getattr(s, "buffer_size", None) or 1),
                 max_pages=-(-config.runtime.max_model_len // config.cache.page_size))
 
@@ -148,11 +152,13 @@ class ModelRunner:
         moved = self.stager.to_device([input_ids, positions, *(getattr(meta, k) for k in names)])
         input_ids, positions = moved[0], moved[1]
         meta = replace(meta, **dict(zip(names, moved[2:])))
-        if self.graphs is not None and not extras and self.kernels == "triton":
-            hidden = self.graphs.run(input_ids, positions, meta)  # None: this step runs eagerly
-            if hidden is not None:
-                logits = self.model.compute_logits(hidden[meta.logits_indices])
-                return logits if self.parallel.is_driver else None
+        if self.graphs is not None and self.kernels == "triton":
+            static = self.graph_extras(extras, input_ids.shape[0])
+            if static is not None:
+                hidden = self.graphs.run(input_ids, positions, meta, static)  # None: this step runs eagerly
+                if hidden is not None:
+                    logits = self.model.compute_logits(hidden[meta.logits_indices])
+                    return logits if self.parallel.is_driver else None
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
         soft = kwargs.pop("soft_inputs", None)
         if soft is not None:
@@ -165,6 +171,42 @@ class ModelRunner:
         # A data-parallel replica's driver (its first rank) sends its logits to rank 0.
         replica_size = self.parallel.tp_size * self.parallel.ep_size
         return logits.cpu() if self.parallel.rank % replica_size == 0 else None
+
+    def graph_extras(self, extras: dict[str, Any] | None, num_tokens: int) -> dict[str, Any] | None:
+        """Strategy inputs in a fixed-shape form a CUDA graph can take, or None (run eagerly).
+
+        Soft inputs become their dense per-token tensors (plus their scalars, part of the
+        graph's key); tensors with one row per token (DiffusionGemma's canvas mask and
+        self-conditioning rows) pass as they are, then the model's ``graph_inputs`` may shrink
+        them (DiffusionGemma: probabilities -> embeddings). Anything else, or more than
+        ``_MAX_GRAPH_EXTRAS_BYTES`` of static inputs, is not graphed.
+        """
+        out: dict[str, Any] = {}
+        for key, value in (extras or {}).items():
+            if isinstance(value, SoftInputs):
+                out.update(value.to(self.device).dense(num_tokens))
+                out["soft_params"] = (value.mask_id, bool(value.renormalize), float(value.weight))
+            elif torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == num_tokens:
+                out[key] = value.to(self.device, non_blocking=True)
+            else:
+                return None
+        out = self.model.graph_inputs(out)
+        if sum(v.numel() * v.element_size() for v in out.values() if torch.is_tensor(v)) > _MAX_GRAPH_EXTRAS_BYTES:
+            return None  # every graph keeps its own static copy: large inputs run eagerly instead
+        return out
+
+    def graph_forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+                      extras: dict[str, Any]) -> torch.Tensor:
+        """The captured body: hidden states [N, H] from the static inputs (see :meth:`graph_extras`)."""
+        kwargs = dict(extras)
+        ids: torch.Tensor | None = input_ids
+        if "soft_mask" in kwargs:
+            mask_id, renormalize, weight = kwargs.pop("soft_params")
+            kwargs["inputs_embeds"] = embed_dense(self.model, input_ids, kwargs.pop("soft_mask"),
+                                                  kwargs.pop("soft_ids"), kwargs.pop("soft_probs"),
+                                                  mask_id, renormalize, weight)  # [N, H]
+            ids = None
+        return self.model(ids, positions, meta, self.kv_caches, **kwargs)
 
     # -- lifecycle ----------------------------------------------------------------------
     def ping(self) -> int:

@@ -43,13 +43,43 @@ class SoftInputs:
         hard = model.embed(input_ids)  # [N, H]
         if self.index.numel() == 0:
             return hard
-        parts = model.embed(self.ids).float()  # [S, k, H]
-        mask = model.embed(torch.full_like(self.index, self.mask_id)).float()  # [S, H]
-        p = self.probs.float()  # [S, k]
-        residual = (1.0 - p.sum(-1)).clamp_min(0.0)  # [S]
-        mix = (p[..., None] * parts).sum(1) + residual[:, None] * mask  # [S, H]
-        if self.renormalize:
-            target = (p * parts.norm(dim=-1)).sum(-1) + residual * mask.norm(dim=-1)  # [S]
-            mix = mix * (target / mix.norm(dim=-1).clamp_min(1e-12))[:, None]
-        out = self.weight * mix + (1.0 - self.weight) * hard[self.index].float()
-        return hard.index_copy(0, self.index, out.to(hard.dtype))
+        out = mix_embeddings(model, self.ids, self.probs, hard[self.index], self.mask_id, self.renormalize,
+                             self.weight)  # [S, H]
+        return hard.index_copy(0, self.index, out)
+
+    def dense(self, num_tokens: int) -> dict[str, torch.Tensor]:
+        """The same mixtures as fixed-shape per-token tensors (CUDA graphs need fixed shapes):
+        ``soft_mask [N]`` bool, ``soft_ids [N, k]``, ``soft_probs [N, k]`` (zeros off the mask)."""
+        k = self.ids.shape[1] if self.ids.dim() == 2 else 1
+        dev = self.index.device
+        mask = torch.zeros(num_tokens, dtype=torch.bool, device=dev)
+        ids = torch.zeros(num_tokens, k, dtype=torch.long, device=dev)
+        probs = torch.zeros(num_tokens, k, dtype=torch.float32, device=dev)
+        mask[self.index] = True
+        ids[self.index] = self.ids.reshape(-1, k).to(dev)
+        probs[self.index] = self.probs.reshape(-1, k).float().to(dev)
+        return {"soft_mask": mask, "soft_ids": ids, "soft_probs": probs}
+
+
+def mix_embeddings(model: torch.nn.Module, ids: torch.Tensor, probs: torch.Tensor, hard: torch.Tensor,
+                   mask_id: int, renormalize: bool, weight: float) -> torch.Tensor:
+    """Rows ``sum_k p_k E[ids_k] + (1 - sum_k p_k) E[mask]`` (optionally renormalized), blended
+    with the hard rows by ``weight``: ``ids, probs: [S, k]``, ``hard: [S, H]`` -> ``[S, H]`` (hard's dtype)."""
+    parts = model.embed(ids).float()  # [S, k, H]
+    mask = model.embed(torch.full_like(ids[:, 0], mask_id)).float()  # [S, H]
+    p = probs.float()  # [S, k]
+    residual = (1.0 - p.sum(-1)).clamp_min(0.0)  # [S]
+    mix = (p[..., None] * parts).sum(1) + residual[:, None] * mask  # [S, H]
+    if renormalize:
+        target = (p * parts.norm(dim=-1)).sum(-1) + residual * mask.norm(dim=-1)  # [S]
+        mix = mix * (target / mix.norm(dim=-1).clamp_min(1e-12))[:, None]
+    return (weight * mix + (1.0 - weight) * hard.float()).to(hard.dtype)
+
+
+def embed_dense(model: torch.nn.Module, input_ids: torch.Tensor, soft_mask: torch.Tensor, soft_ids: torch.Tensor,
+                soft_probs: torch.Tensor, mask_id: int, renormalize: bool, weight: float) -> torch.Tensor:
+    """:meth:`SoftInputs.embed` from the dense form: every row is mixed, rows off ``soft_mask``
+    keep their hard embedding. ``input_ids [N]`` -> ``[N, H]``; no host sync (graph-safe)."""
+    hard = model.embed(input_ids)  # [N, H]
+    mixed = mix_embeddings(model, soft_ids, soft_probs, hard, mask_id, renormalize, weight)  # [N, H]
+    return torch.where(soft_mask[:, None], mixed, hard)

@@ -4,8 +4,10 @@ One graph per exact step shape ``(tokens N, sequences S, scalar metadata)``: eve
 input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
 buffer of that shape, except the page table, which is padded to the longest admissible
 context (``-1`` beyond a sequence's pages), so one graph serves every context length.
-Only the model body is captured; the logits rows (``logits_indices``, which vary with the
-masks left) are gathered and projected eagerly afterwards.
+Strategy inputs of a fixed shape per step shape (dmax's soft inputs in their dense form,
+DiffusionGemma's canvas mask and self-conditioning rows) get static buffers too. Only the
+model body is captured; the logits rows (``logits_indices``, which vary with the masks left)
+are gathered and projected eagerly afterwards.
 
 A shape is captured the first time it is seen (one eager warm-up forward, which writes the
 same KV entries the replay writes again), up to ``max_graphs`` shapes; larger steps, other
@@ -27,7 +29,7 @@ _FAILED = object()
 
 
 class DecodeGraphs:
-    """Captures and replays ``forward(input_ids, positions, meta) -> hidden [N, H]`` per step shape."""
+    """Captures and replays ``forward(input_ids, positions, meta, extras) -> hidden [N, H]`` per step shape."""
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_tokens: int,
                  max_pages: int, max_graphs: int = 64) -> None:
@@ -45,20 +47,24 @@ class DecodeGraphs:
         self.entries.clear()
         self.pool = None
 
-    def _key(self, input_ids: torch.Tensor, meta: Any) -> Any:
+    def _key(self, input_ids: torch.Tensor, meta: Any, extras: dict) -> Any:
         scalars = tuple(sorted((k, v) for k, v in vars(meta).items() if not torch.is_tensor(v)))
         shapes = tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in vars(meta).items()
                               if torch.is_tensor(v) and k not in ("page_table", "logits_indices")))
-        return (tuple(input_ids.shape), shapes, scalars)
+        extra = tuple(sorted((k, (tuple(v.shape), v.dtype) if torch.is_tensor(v) else v) for k, v in extras.items()))
+        return (tuple(input_ids.shape), shapes, scalars, extra)
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+            extras: dict | None = None) -> torch.Tensor | None:
         """The hidden states [N, H] of the step (a static buffer: use before the next call), or
-        None when this step runs eagerly."""
+        None when this step runs eagerly. ``extras``: strategy inputs of fixed shape per step
+        shape (tensors get static buffers; other values are part of the graph's key)."""
+        extras = extras or {}
         n = input_ids.shape[0]
         if n == 0 or n > self.max_tokens or meta.page_table.shape[1] > self.max_pages:
             return None
         try:
-            key = self._key(input_ids, meta)
+            key = self._key(input_ids, meta, extras)
             hash(key)
         except TypeError:
             return None
@@ -68,15 +74,18 @@ class DecodeGraphs:
         if entry is None:
             if len(self.entries) >= self.max_graphs:
                 return None
-            return self._capture(key, input_ids, positions, meta)
-        self._fill(entry, input_ids, positions, meta)
+            return self._capture(key, input_ids, positions, meta, extras)
+        self._fill(entry, input_ids, positions, meta, extras)
         entry["graph"].replay()
         self.replays += 1
         return entry["out"]
 
-    def _fill(self, entry: dict, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> None:
+    def _fill(self, entry: dict, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+              extras: dict) -> None:
         entry["ids"].copy_(input_ids, non_blocking=True)
         entry["pos"].copy_(positions, non_blocking=True)
+        for name, buf in entry["extras"].items():
+            buf.copy_(extras[name], non_blocking=True)
         for name, buf in entry["tensors"].items():
             src = getattr(meta, name)
             if name == "page_table":
@@ -87,7 +96,8 @@ class DecodeGraphs:
             else:
                 buf.copy_(src, non_blocking=True)
 
-    def _capture(self, key: Any, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
+    def _capture(self, key: Any, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+                 extras: dict) -> torch.Tensor | None:
         dev = self.device
         tensors, fields = {}, {}
         for name, value in vars(meta).items():
@@ -103,21 +113,24 @@ class DecodeGraphs:
             if torch.is_tensor(value):
                 fields[name] = tensors[name]
         entry = {"ids": torch.empty(input_ids.shape, dtype=input_ids.dtype, device=dev),
-                 "pos": torch.empty(positions.shape, dtype=positions.dtype, device=dev), "tensors": tensors}
+                 "pos": torch.empty(positions.shape, dtype=positions.dtype, device=dev), "tensors": tensors,
+                 "extras": {k: torch.empty(v.shape, dtype=v.dtype, device=dev)
+                            for k, v in extras.items() if torch.is_tensor(v)}}
         static_meta = type(meta)(**fields)
-        self._fill(entry, input_ids, positions, meta)
+        static_extras = {k: entry["extras"].get(k, v) for k, v in extras.items()}
+        self._fill(entry, input_ids, positions, meta, extras)
         try:
             side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
-                warm = self.forward(entry["ids"], entry["pos"], static_meta)  # compiles kernels; a valid result
+                warm = self.forward(entry["ids"], entry["pos"], static_meta, static_extras)  # compiles; a valid result
             torch.cuda.current_stream(dev).wait_stream(side)
             warm = warm.clone()
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                entry["out"] = self.forward(entry["ids"], entry["pos"], static_meta)
+                entry["out"] = self.forward(entry["ids"], entry["pos"], static_meta, static_extras)
         except Exception as exc:  # e.g. a host sync inside the forward: run this shape eagerly
             logger.warning("CUDA graph capture failed for step shape %s, running it eagerly: %s", key, exc)
             self.entries[key] = _FAILED

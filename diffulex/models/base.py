@@ -117,6 +117,10 @@ class DiffusionLM(nn.Module, ABC):
             h, residual = layer(h, positions, meta, kv_caches[i] if kv_caches is not None else None, residual)
         return self.model.norm(h, residual)[0] if residual is not None else self.model.norm(h)
 
+    def graph_inputs(self, extras: dict) -> dict:
+        """Strategy inputs for a CUDA-graphed forward (a family may shrink them first); unchanged here."""
+        return extras
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits ``[M, V]`` in float32 for hidden rows ``[M, H]``."""
         return self.lm_head(hidden).float()

@@ -139,8 +139,10 @@ class _RowFreeGraphs:
     def __init__(self, graphs: Any) -> None:
         self.graphs = graphs
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any) -> torch.Tensor | None:
-        return self.graphs.run(input_ids, positions, dataclasses.replace(meta, logits_indices=meta.logits_indices[:0]))
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
+            extras: dict | None = None) -> torch.Tensor | None:
+        return self.graphs.run(input_ids, positions, dataclasses.replace(meta, logits_indices=meta.logits_indices[:0]),
+                               extras)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.graphs, name)
