@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from abc import ABC, abstractmethod
 import os
 import pickle
 import signal
@@ -203,7 +204,7 @@ def join_launched_ranks(runner_factory: Callable[..., Any], config: Any) -> tupl
 
 # -- rank 0 side ---------------------------------------------------------------------------
 
-class Workers:
+class Workers(ABC):
     """What rank 0 uses to drive ranks 1..world-1; worker ``index`` is rank ``index + 1``.
 
     Subclasses provide ``size``, :meth:`send_to`, :meth:`expect` and :meth:`close`. Every
@@ -212,21 +213,21 @@ class Workers:
     """
 
     @property
+    @abstractmethod
     def size(self) -> int:
         """How many workers: world size - 1."""
-        raise NotImplementedError
 
+    @abstractmethod
     def send_to(self, index: int, method: str, *args: Any) -> None:
         """Ask worker ``index`` to run ``runner.method(*args)`` (collect with :meth:`expect`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expect(self, index: int, wanted: str, timeout_s: Optional[float] = None) -> Any:
         """Worker ``index``'s next message, which must be ``wanted``; its error is re-raised here."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Stop every worker; safe to call repeatedly."""
-        raise NotImplementedError
 
     def send(self, method: str, *args: Any) -> None:
         """Ask every worker to run ``runner.method(*args)`` (collect with :meth:`wait`)."""
