@@ -31,7 +31,7 @@ from test_model_families import dims, lin, reference_logits, rms, rope, swiglu, 
 
 from diffulex import Diffulex, SamplingParams  # noqa: E402
 from diffulex.sampling.fast_dllm_v2 import accept_with_seed  # noqa: E402
-from diffulex.strategy.fast_dllm_v2 import FastDLLMv2Runner  # noqa: E402
+from diffulex.engine.model_runner import ModelRunner  # noqa: E402
 
 B, BUF, G = 8, 2, 20
 S = B // BUF  # sub-block size
@@ -166,7 +166,7 @@ def setup(tiny_root):
 def test_engine_equals_reference(setup, dual, monkeypatch):
     path, w, dm, facts, kw = setup
     modes = []
-    run = FastDLLMv2Runner.run
+    run = ModelRunner.run
 
     def spy(self, input_ids, positions, meta, extras=None):
         cache_only = meta.cache_only.tolist()
@@ -177,7 +177,7 @@ def test_engine_equals_reference(setup, dual, monkeypatch):
                 assert c % B == 0 and c > int(meta.positions[lo])
         return run(self, input_ids, positions, meta, extras)
 
-    monkeypatch.setattr(FastDLLMv2Runner, "run", spy)
+    monkeypatch.setattr(ModelRunner, "run", spy)
     with Diffulex(path, use_dual_cache=dual, **kw) as llm:
         batched = llm.generate(PROMPTS, SamplingParams(max_tokens=G))
         again = llm.generate(PROMPTS, SamplingParams(max_tokens=G))
@@ -204,7 +204,7 @@ def test_dual_cache_first_step_of_each_block_equals_recompute(setup, monkeypatch
     first = []
     reference_fdv2(w, dm, PROMPTS[2], tau=tau, dual=True, first_steps=first, **facts)
     seen = {}
-    run = FastDLLMv2Runner.run
+    run = ModelRunner.run
 
     def spy(self, input_ids, positions, meta, extras=None):
         logits = run(self, input_ids, positions, meta, extras)
@@ -212,7 +212,7 @@ def test_dual_cache_first_step_of_each_block_equals_recompute(setup, monkeypatch
             seen.setdefault(int(positions[-1]) // B * B, logits.clone())  # keyed by block start
         return logits
 
-    monkeypatch.setattr(FastDLLMv2Runner, "run", spy)
+    monkeypatch.setattr(ModelRunner, "run", spy)
     with Diffulex(path, use_dual_cache=True, **kw) as llm:
         llm.generate([PROMPTS[2]], SamplingParams(max_tokens=G))
     assert len(first) >= 3 and sorted(seen) == [lo for lo, _ in first]

@@ -24,7 +24,6 @@ with interpreted():
     import diffulex.kernels.triton  # noqa: F401  (decorate the kernels while interpreting)
     from diffulex import Diffulex, SamplingParams
     from diffulex.layers.graphs import DecodeGraphs
-    from diffulex.strategy.fast_dllm_v2 import FastDLLMv2Runner, _RowFreeGraphs
 
 PROMPTS = [[(5 * i + 3 * j) % 200 + 20 for i in range(n)] for j, n in enumerate((5, 11))]
 KW = dict(dtype="float32", block_size=8, page_size=4, decoding_strategy="multi_bd", enable_prefix_caching=False)
@@ -54,7 +53,7 @@ def test_graph_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, str
         runner.kernels = "triton"  # the runner's switch for graphs (the fake capture tolerates host syncs)
         graphs = DecodeGraphs(fake_cuda_graphs.recording(runner.graph_forward), runner.device,
                               max_tokens=1024, max_pages=64)
-        runner.graphs = _RowFreeGraphs(graphs) if isinstance(runner, FastDLLMv2Runner) else graphs
+        runner.graphs = graphs
         graphed = _tokens(llm)
         captures, replays = graphs.captures, graphs.replays
         extra_keys = {name for key in graphs.entries for name, _ in key[-1]}  # strategy inputs graphed

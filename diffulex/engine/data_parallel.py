@@ -30,7 +30,7 @@ def replica_of(req_id: int, dp: int) -> int:
     return req_id % dp
 
 
-def can_split(config: Any, batch: Any) -> bool:
+def can_split(batch: Any) -> bool:
     """Whether the step may be split over replicas.
 
     Not when a strategy extra cannot be sliced by token (see :func:`slice_extras`). Prefix

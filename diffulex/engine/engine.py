@@ -200,7 +200,7 @@ class DiffulexEngine:
         """
         p = self.config.parallel
         if p.data_parallel_size > 1 and self.workers is not None:
-            if data_parallel.can_split(self.config, batch):
+            if data_parallel.can_split(batch):
                 return data_parallel.forward_data_parallel(
                     self.runner, self.workers, p.tensor_parallel_size * p.expert_parallel_size,
                     p.data_parallel_size, reqs, batch)

@@ -24,9 +24,8 @@ Per block (``use_dual_cache=True``):
 With ``use_dual_cache=False`` every step is a full pass (the block recomputed against the
 committed prefix), with the same sub-block gating.
 
-The engine's batch packer sets a sequence's cached length to ``plan.start``; a cache-only
-step needs the whole block's cache as keys, so the request passes the block end in the
-step's extras and this strategy's model runner applies it (see ``FastDLLMv2Runner``).
+A cache-only step needs the whole block's cache as keys: its plan sets ``context_len`` to the
+block end, which the batch packer puts in ``context_lens`` (the shared runner, no subclass).
 """
 
 from __future__ import annotations
@@ -34,11 +33,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
 
 from ..config.families import FAMILIES
 from ..engine.block_scheduler import BlockScheduler
-from ..engine.model_runner import ModelRunner
 from ..engine.plan import StepPlan
 from ..engine.request import Request
 from .base import register_strategy
@@ -132,31 +129,4 @@ class FastDLLMv2Request(BlockRequest):
         self.block_cached = False
 
 
-class _RowFreeGraphs:
-    """CUDA graphs fed a metadata without logits rows (the graph never reads them; the
-    number of rows of one token shape varies here, which DecodeGraphs would try to copy)."""
-
-    def __init__(self, graphs: Any) -> None:
-        self.graphs = graphs
-
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-            extras: dict | None = None) -> torch.Tensor | None:
-        return self.graphs.run(input_ids, positions, dataclasses.replace(meta, logits_indices=meta.logits_indices[:0]),
-                               extras)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.graphs, name)
-
-
-class FastDLLMv2Runner(ModelRunner):
-    """The shared runner with CUDA graphs that ignore the logits rows (a cache-only sequence's
-    read of its whole block comes from ``StepPlan.context_len``, through ``context_lens``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.graphs is not None:
-            self.graphs = _RowFreeGraphs(self.graphs)
-
-
-register_strategy("fast_dllm_v2", request=FastDLLMv2Request, scheduler=BlockScheduler,
-                  model_runner=FastDLLMv2Runner)
+register_strategy("fast_dllm_v2", request=FastDLLMv2Request, scheduler=BlockScheduler)
