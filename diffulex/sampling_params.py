@@ -29,7 +29,7 @@ class SamplingParams:
     max_nfe: Optional[int] = None
     ignore_eos: bool = False
     stop: list[str] = field(default_factory=list)
-    seed: Optional[int] = None  # per-request generator seed (temperature > 0)
+    seed: Optional[int] = None  # per-request generator seed (sampling at temperature > 0, random canvases)
     max_repetition_run: Optional[int] = None  # stop when one token repeats this many times in a row
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ same weights with steps_per_block = 32 / k and prints its forward time and the s
 from __future__ import annotations
 
 import argparse
+import importlib
 import gc
 import json
 import math
@@ -468,18 +469,22 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     batches = args.batches
     steps_needed = args.warmup + args.measure + 4
     max_tokens = {k: -(-k * steps_needed // 32) * 32 for k in ks}
-    max_len = args.prompt_len + max(max_tokens.values()) + 64
+    plens = [args.prompt_len] + [p for p in args.long_prompts if p != args.prompt_len]
+    max_len = max(plens) + max(max_tokens.values()) + 64
     common = dict(device=args.device, page_size=32, max_model_len=max_len, record_trajectory=False,
                   dtype="bfloat16" if cuda else "float32")
     backends = ["torch", "triton"] if cuda else ["torch"]
     if cuda and args.graphs:
         backends.append("triton+graphs")
     if args.backends:
-        backends = [b for b in backends if b in args.backends.split(",")]
+        wanted = args.backends.split(",")
+        backends = [b for b in backends if b in wanted]
+        if cuda and "triton+graphs-nosplit" in wanted:  # A/B of the split-KV attention, same weights
+            backends.insert(0, "triton+graphs-nosplit")
     t0 = time.perf_counter()
     engine = Diffulex(str(path), decoding_strategy="multi_bd", block_size=32, buffer_size=1,
                       kernels=backends[-1].split("+")[0], max_num_seqs=max(batches),
-                      max_num_batched_tokens=max(batches) * (args.prompt_len + 32) + 64,
+                      max_num_batched_tokens=max(max(batches) * (args.prompt_len + 32), max(plens) + 32) + 64,
                       enforce_eager=not (cuda and args.graphs), **common)
     log(f"[{name}] engine built in {time.perf_counter() - t0:.1f}s")
     if args.check and cuda:
@@ -502,29 +507,36 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     bw = args.bandwidth
     rows = {}
     graphs = engine.runner.graphs
+    max_splits = importlib.import_module("diffulex.kernels.triton.paged_attention")._MAX_SPLITS if cuda else 0
     for backend in backends:
         kern = backend.split("+")[0]
         engine.runner.kernels = set_kernel_backend(engine.runner.model, kern, dev)
         engine.config.runtime.kernels = type(engine.config.runtime.kernels)(kern)
-        engine.runner.graphs = graphs if backend.endswith("+graphs") else None
-        for k in ks:
+        engine.runner.graphs = graphs if "+graphs" in backend else None
+        if cuda and "triton" in backend:
+            pa_module = importlib.import_module("diffulex.kernels.triton.paged_attention")
+            pa_module._MAX_SPLITS = 0 if backend.endswith("-nosplit") else max_splits  # benchmark-only switch
+            if graphs is not None:
+                graphs.clear()  # captured graphs hold the previous attention variant
+        cases = [(args.prompt_len, k, b) for k in ks for b in batches] + \
+            [(p, k, 1) for p in plens[1:] for k in ks]  # long prompts: batch 1
+        for plen, k, b in cases:
             engine.sampler = fixed_k_sampler(k)(engine.config)
-            for b in batches:
-                try:
-                    r = run_rows(engine, k, b, args.prompt_len, args.warmup, args.measure, cuda, max_tokens[k])
-                except torch.cuda.OutOfMemoryError as exc:
-                    log(f"[{name}] {backend} k={k} b={b}: OOM ({exc})")
-                    gc.collect(); torch.cuda.empty_cache()
-                    continue
-                u = r["u"] if moe_layers else None
-                nbytes = always + (u or 0) * expert_b * moe_layers + (r["ctx"] + r["ntok"]) * kvb
-                floor = nbytes / bw if bw else float("nan")
-                r.update(model=name, engine="multi_bd", kernels=backend, k=k, batch=b, bytes=nbytes, floor_s=floor,
-                         graphs=(graphs.captures, graphs.replays) if graphs is not None else None)
-                rows[(backend, k, b)] = r
-                results.append(r)
-                log(f"[{name}] {backend:6s} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f}"
-                    f" host {r['host_s']*1e3:6.2f} tpf {r['tpf']:.2f} U {u} floor {floor*1e3:.2f} graphs {r['graphs']}")
+            try:
+                r = run_rows(engine, k, b, plen, args.warmup, args.measure, cuda, max_tokens[k])
+            except torch.cuda.OutOfMemoryError as exc:
+                log(f"[{name}] {backend} k={k} b={b}: OOM ({exc})")
+                gc.collect(); torch.cuda.empty_cache()
+                continue
+            u = r["u"] if moe_layers else None
+            nbytes = always + (u or 0) * expert_b * moe_layers + (r["ctx"] + r["ntok"]) * kvb
+            floor = nbytes / bw if bw else float("nan")
+            r.update(model=name, engine="multi_bd", kernels=backend, k=k, batch=b, bytes=nbytes, floor_s=floor,
+                     prompt_len=plen, graphs=(graphs.captures, graphs.replays) if graphs is not None else None)
+            rows[(backend, plen, k, b)] = r
+            results.append(r)
+            log(f"[{name}] {backend:6s} prompt={plen} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f}"
+                f" host {r['host_s']*1e3:6.2f} tpf {r['tpf']:.2f} U {u} floor {floor*1e3:.2f} graphs {r['graphs']}")
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------
@@ -536,16 +548,16 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     # -- table ----------------------------------------------------------------------------------
     out_lines.append(f"\n### {name} ({'tiny' if args.tiny else 'real shape'}, random weights), "
                      f"HBM {bw / 1e12:.2f} TB/s measured\n" if bw else f"\n### {name} (tiny, CPU)\n")
-    out_lines.append("| kernels | k | batch | fwd ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
+    out_lines.append("| kernels | prompt | k | batch | fwd ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
                      "floor ms | floor ratio | peak GiB | vanilla step ms | speed-up vs vanilla (per step, same k) |")
-    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (backend, k, b), r in rows.items():
-        v = vrows.get((k, b))
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (backend, plen, k, b), r in rows.items():
+        v = vrows.get((k, b)) if plen == args.prompt_len else None
         toks = b * r["tpf"] / r["step_s"]
         u = f"{r['u']:.1f}" if r["u"] is not None else "-"
         ratio = r["fwd_s"] / r["floor_s"] if r["floor_s"] == r["floor_s"] else float("nan")
         out_lines.append(
-            f"| {backend} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {r['step_s']*1e3:.2f} | "
+            f"| {backend} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {r['step_s']*1e3:.2f} | "
             f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | {u} | "
             f"{r['bytes']/1e9:.2f} | {r['floor_s']*1e3:.2f} | {ratio:.2f} | {r['peak']/2**30:.1f} | "
             f"{(v['step_s']*1e3) if v else float('nan'):.2f} | "
@@ -570,6 +582,8 @@ def parse(argv=None):
     ap.add_argument("--ks", default="1,32")
     ap.add_argument("--batches", default="1,4,16,64")
     ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--long-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="extra batch-1 rows with these prompt lengths, e.g. 2048 (long-context attention)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--measure", type=int, default=8)
     ap.add_argument("--vanilla-measure", type=int, default=3)
@@ -577,7 +591,8 @@ def parse(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for the table and JSON")
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
-    ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all)")
+    ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all); "
+                    "triton+graphs-nosplit: the same without the split-KV attention (A/B)")
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton, k=32, batch 1)")
     ap.add_argument("--only-check", action="store_true", help="write, build, --check/--profile, no benchmark rows")

@@ -2,8 +2,9 @@
 
 Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--real] [--out DIR]``.
 
-1. Tiny checkpoints, fp32: for each family, one engine (``kernels='auto'``, which must
-   resolve to Triton on CUDA) generates greedily with ``multi_bd`` on a few prompts; the
+1. Tiny checkpoints, fp32: for each family (``multi_bd``) and for the strategies with extra
+   step inputs (dmax, d2f, fast_dllm_v2 dual cache, diffusion_gemma), one engine
+   (``kernels='auto'``, which must resolve to Triton on CUDA) generates greedily on a few prompts; the
    same engine, switched to the reference ops (the runner's per-layer ``kernels``
    attribute), generates again. Outputs must agree token for token.
 2. ``--real``: a real-shape LLaDA2.0-mini checkpoint with random bf16 weights (written by
@@ -31,6 +32,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TINY_FAMILIES = ("llada2", "llada", "sdar_moe", "sdar", "dream", "fast_dllm_v2")
+# Strategies whose steps carry inputs beyond the tokens (graphed through static buffers) or
+# that plan cache-only / windowed steps: (family, engine keyword arguments).
+TINY_STRATEGIES = (
+    ("llada2", dict(decoding_strategy="dmax", sampling_mode="edit")),
+    ("llada", dict(decoding_strategy="d2f")),
+    ("fast_dllm_v2", dict(decoding_strategy="fast_dllm_v2", use_dual_cache=True)),
+    ("diffusion_gemma", dict(decoding_strategy="diffusion_gemma", block_size=None, page_size=16)),
+)
 PROMPTS = [[11, 12, 13, 14, 15], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [7, 8, 9]]
 REL_TOL, TOP1_MIN = 0.05, 0.9  # bf16 tolerance of the logits (relative L2 error, top-1 agreement)
 
@@ -49,12 +58,14 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
     from diffulex.tiny import ensure_tiny_checkpoint
 
     ok_all = True
-    sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
-    for fam in TINY_FAMILIES:
+    # Seeded: DiffusionGemma's canvases start as random tokens drawn from the request's generator.
+    sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True, seed=0)
+    cases = [(fam, dict(decoding_strategy="multi_bd")) for fam in TINY_FAMILIES] + list(TINY_STRATEGIES)
+    for fam, kw in cases:
         path = ensure_tiny_checkpoint(fam, root=root)
         try:
-            with Diffulex(str(path), device="cuda", dtype="float32", kernels="auto", decoding_strategy="multi_bd",
-                          enforce_eager=False) as llm:
+            with Diffulex(str(path), **{**dict(device="cuda", dtype="float32", kernels="auto",
+                                               enforce_eager=False), **kw}) as llm:
                 resolved = llm.runner.kernels
                 outs = {}
                 for backend in ("triton", "torch"):
@@ -64,11 +75,13 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
                                      for t in res.trajectories]
                 graphs = (llm.runner.graphs.captures, llm.runner.graphs.replays) if llm.runner.graphs else None
             same = outs["triton"] == outs["torch"]
-            ok = same and resolved == "triton"
-            row = dict(check="tiny_fp32", family=fam, resolved=resolved, token_for_token=same, graphs=graphs,
-                       tokens=sum(len(x) for x in outs["torch"]), ok=ok)
-        except Exception as exc:  # report and go on with the other families
-            ok, row = False, dict(check="tiny_fp32", family=fam, ok=False, error=f"{type(exc).__name__}: {exc}")
+            # The Triton path must really have run from CUDA graphs (a failed capture runs eagerly).
+            ok = same and resolved == "triton" and graphs is not None and graphs[1] > 0
+            row = dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], resolved=resolved,
+                       token_for_token=same, graphs=graphs, tokens=sum(len(x) for x in outs["torch"]), ok=ok)
+        except Exception as exc:  # report and go on with the other cases
+            ok, row = False, dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], ok=False,
+                                  error=f"{type(exc).__name__}: {exc}")
         ok_all &= ok
         report.append(row)
         print(json.dumps(row), flush=True)

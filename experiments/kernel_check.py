@@ -59,9 +59,14 @@ def record(op, case, err, ok, ref_ms=None, tri_ms=None, note=""):
     ROWS.append(dict(op=op, case=case, err=err, ok=ok, ref_ms=ref_ms, tri_ms=tri_ms, note=note))
 
 
-def attention_case(batch: int, mode: str, gen: torch.Generator):
-    """Paged caches (random bf16) + metadata for ``batch`` x 32 queries in ``mode``."""
-    ctxs = (torch.randint(128, 2049, (batch,), generator=gen) // BLOCK * BLOCK).tolist()
+def attention_case(batch: int, mode: str, gen: torch.Generator, hq: int = HQ, hkv: int = HKV,
+                   ctx: int | None = None):
+    """Paged caches (random bf16) + metadata for ``batch`` x 32 queries in ``mode``
+    (contexts random in 128..2048, or all ``ctx``)."""
+    if ctx is not None:
+        ctxs = [ctx // BLOCK * BLOCK] * batch
+    else:
+        ctxs = (torch.randint(128, 2049, (batch,), generator=gen) // BLOCK * BLOCK).tolist()
     pages_per_seq = [math.ceil((c + BLOCK) / PAGE) for c in ctxs]
     num_pages = sum(pages_per_seq) + 7
     perm = torch.randperm(num_pages, generator=gen)
@@ -84,11 +89,57 @@ def attention_case(batch: int, mode: str, gen: torch.Generator):
         cache_only=torch.full((batch,), mode == "cache_only"), logits_indices=torch.arange(n), page_size=PAGE)
     meta.validate()
     meta = AttentionMetadata(**{k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in vars(meta).items()})
-    k_cache = torch.randn(num_pages, PAGE, HKV, HEAD_DIM, device=DEV, dtype=DT)
+    k_cache = torch.randn(num_pages, PAGE, hkv, HEAD_DIM, device=DEV, dtype=DT)
     v_cache = torch.randn_like(k_cache)
-    q = torch.randn(n, HQ, HEAD_DIM, device=DEV, dtype=DT)
-    k, v = torch.randn(n, HKV, HEAD_DIM, device=DEV, dtype=DT), torch.randn(n, HKV, HEAD_DIM, device=DEV, dtype=DT)
+    q = torch.randn(n, hq, HEAD_DIM, device=DEV, dtype=DT)
+    k, v = torch.randn(n, hkv, HEAD_DIM, device=DEV, dtype=DT), torch.randn(n, hkv, HEAD_DIM, device=DEV, dtype=DT)
     return q, k, v, k_cache, v_cache, meta, sum(ctxs)
+
+
+def bench_graph(fn, reps: int = 20, iters: int = 10) -> float:
+    """GPU ms of one ``fn()`` from a CUDA graph of ``reps`` calls (no launch overhead: as in the engine)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def check_attention_splits(batch: int, gen: torch.Generator) -> None:
+    """Split key axis vs one pass, GPU time per call from CUDA graphs, at the mini (16/4 heads)
+    and LLaDA-8B (32/32) head layouts over short and long contexts (block-causal, bf16)."""
+    from diffulex.kernels.triton.paged_attention import paged_attention as pa
+
+    scale = HEAD_DIM ** -0.5
+    for name, hq, hkv in (("mini", HQ, HKV), ("8b", 32, 32)):
+        for ctx in (160, 1024, 4096):
+            q, k, v, k_cache, v_cache, meta, ctx_total = attention_case(batch, "block", gen, hq, hkv, ctx)
+            REFERENCE_OPS.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+            out_ref = REFERENCE_OPS.paged_attention(q, k, v, k_cache, v_cache, meta, scale, None)
+            fwd = meta.for_forward()  # the engine's per-forward memo: the grid map is built once
+            times, errs = {}, []
+            for label, splits in (("one pass", 0), ("split", None)):
+                errs.append(rel_err(pa(q, k, v, k_cache, v_cache, fwd, scale, None, splits=splits), out_ref))
+                times[label] = bench_graph(lambda s=splits: pa(q, k, v, k_cache, v_cache, fwd, scale, None, splits=s))
+            ok = max(errs) < 1e-2
+            kv_bytes = 2 * ctx_total * hkv * HEAD_DIM * 2
+            record("attn split-KV", f"B={batch} {name} ctx={ctx}", max(errs), ok, times["one pass"], times["split"],
+                   f"graph-timed; KV {kv_bytes / 1e6:.1f} MB, split {kv_bytes / times['split'] / 1e6:.0f} GB/s")
 
 
 def check_attention(tri, batch: int, gen: torch.Generator, quick: bool) -> None:
@@ -233,10 +284,12 @@ def main() -> int:
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     for batch in (int(b) for b in opts.batches.split(",")):
-        for check in (check_attention, check_moe, check_greedy, check_elementwise):
+        for check in (check_attention, check_attention_splits, check_moe, check_greedy, check_elementwise):
             try:
                 if check is check_attention:
                     check(tri, batch, gen, opts.quick)
+                elif check is check_attention_splits:
+                    check(batch, gen)
                 else:
                     check(tri, batch, gen)
             except Exception as exc:  # a crash is a failure of that op, the rest still run

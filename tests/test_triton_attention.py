@@ -67,9 +67,30 @@ def test_matches_reference_in_every_mode(mode, softcap):
     q, k_new, v_new, k_cache, v_cache, meta, _ = build(CASES[mode], gen)
     ref.store_kvcache(k_new, v_new, k_cache, v_cache, meta.slot_mapping)
     expected = ref.paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale=0.7, softcap=softcap)
-    for block_q in (None, 1, 3):  # one token per tile, and tiles that straddle block-causal blocks
-        out = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale=0.7, softcap=softcap, block_q=block_q)
+    # one token per tile, tiles that straddle block-causal blocks; unsplit and split key axis
+    for block_q, splits in ((None, None), (1, 0), (3, 0), (3, 3)):
+        out = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale=0.7, softcap=softcap,
+                              block_q=block_q, splits=splits)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("splits, min_tiles", [(None, 4), (2, 1), (3, 4), (7, 1), (16, 1)])
+def test_split_key_axis_over_long_contexts(splits, min_tiles):
+    """Cached keys over many tiles, shared among splits per sequence (incl. shares that are
+    empty, blocks too short to split, a sliding window that starts mid-cache, cache-only and
+    cache-free sequences). Two calls on one per-forward memo: the first leaves the merge
+    counters at zero for the second (the next layer)."""
+    gen = torch.Generator().manual_seed(5)
+    seqs = [(300, 6, "block"), (170, 3, "sliding"), (0, 5, "causal"), (230, 4, "cache_only"), (65, 2, "prefix")]
+    q, k, v, k_cache, v_cache, meta = random_batch(gen, seqs, 4, 2, 16, 8)
+    ref.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+    expected = ref.paged_attention(q, k, v, k_cache, v_cache, meta, scale=0.5, softcap=None)
+    fwd = meta.for_forward()
+    for _ in range(2):
+        out = paged_attention(q, k, v, k_cache, v_cache, fwd, scale=0.5, splits=splits, min_split_tiles=min_tiles)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    counters = [v for key, v in fwd.memo.items() if key[0] == "paged_attention.counters"]
+    assert len(counters) == 1 and int(counters[0].abs().sum()) == 0
 
 
 SHAPES = [  # (Hq, Hkv, D, page)

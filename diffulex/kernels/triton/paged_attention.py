@@ -16,10 +16,20 @@ new-token tiles nobody in the block can see are skipped. The block -> (sequence,
 token) map is built on device with torch ops (no host sync): the grid is the upper bound
 ``cdiv(N, BLOCK_Q) + S`` and surplus programs exit at once.
 
+Split over the key axis (flash-decoding): when the grid above has too few programs to fill
+the GPU (batch 1, few query tokens), a third grid axis of ``splits + 1`` programs shares the
+work of each block whose cached range has at least ``min_split_tiles`` key tiles (decided on
+device from the sequence's own context, so one captured graph serves short and long
+contexts): program ``z < splits`` takes the ``z``-th share of the cached tiles, ``z = splits``
+the new tokens. Each writes its normalized partial output and base-2 log-sum-exp to an fp32
+workspace and bumps a per-(block, KV head) counter; the last one merges the partials into the
+output and resets the counter (zeroed once per forward). Blocks with shorter contexts run
+unsplit on ``z = 0``. The number of splits depends on shapes only (grid size, page-table
+width), so no host sync is needed.
+
 Limits: head_dim <= 256 (padded to a power of two >= 16, masked); Hq a multiple of Hkv;
 positions < 2**31; the caches ``[num_pages, page_size, Hkv, D]`` share strides and have a
-contiguous last dim, as do q/k/v. No split over the key axis: a single sequence with a very
-long context and few query tokens runs on few programs.
+contiguous last dim, as do q/k/v.
 """
 
 from __future__ import annotations
@@ -61,18 +71,33 @@ def _attend_tile(q, k, v, vis, acc, m_i, l_i, scale, softcap,
 
 
 @triton.jit
+def _store_out(o_ptr, out, tok, head, d, row_ok, d_ok, stride_on, stride_oh):
+    tl.store(o_ptr + tok[:, None] * stride_on + head[:, None] * stride_oh + d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, o_ptr,
     cu_ptr, pos_ptr, ctx_ptr, pt_ptr, lo_ptr, hi_ptr, cache_only_ptr, blk_seq_ptr, blk_q0_ptr,
+    part_ptr, lse_ptr, cnt_ptr,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
     stride_cp, stride_cs, stride_ch, stride_pt,
     scale, softcap, num_seqs,
     PAGE_SIZE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     HAS_CACHE: tl.constexpr, SOFTCAP: tl.constexpr, FP32_DOT: tl.constexpr,
+    SPLITS: tl.constexpr, MIN_SPLIT_TILES: tl.constexpr,
 ):
+    # SPLITS == 0: one program per (block, KV head) does all keys and writes o. SPLITS > 0:
+    # axis 2 has SPLITS + 1 programs per (block, KV head). A block with at least
+    # MIN_SPLIT_TILES cached tiles splits: program z < SPLITS takes the z-th share of them,
+    # z == SPLITS the new tokens; each writes its partial (o / l and the base-2 lse) to the
+    # workspace and the last one to finish (a per-(block, head) counter) merges them into o
+    # and resets the counter. Shorter blocks do not split: z == 0 does all, the rest idle.
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
+    z = tl.program_id(2)
     seq = tl.load(blk_seq_ptr + pid)
     if seq >= num_seqs:
         return
@@ -88,22 +113,38 @@ def _paged_attention_kernel(
     head = kvh * G + g
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
-    q = tl.load(q_ptr + tok[:, None] * stride_qn + head[:, None] * stride_qh + d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [M, D_PAD]
     lo = tl.load(lo_ptr + tok, mask=row_ok, other=0).to(tl.int32)  # [M]
     hi = tl.load(hi_ptr + tok, mask=row_ok, other=0).to(tl.int32)  # [M]; invalid rows see nothing
     lo_min = tl.min(tl.where(row_ok, lo, 2147483647), 0)
     hi_max = tl.max(hi, 0)
 
+    # This program's cached key range [begin, stop) and whether it takes the new tokens.
+    begin = (lo_min // BLOCK_N) * BLOCK_N
+    stop = begin
+    if HAS_CACHE:
+        stop = tl.minimum(tl.load(ctx_ptr + seq).to(tl.int32), hi_max)
+    do_new = z == 0
+    split = False
+    if SPLITS > 0:
+        n_tiles = tl.cdiv(tl.maximum(stop - begin, 0), BLOCK_N)
+        split = n_tiles >= MIN_SPLIT_TILES
+        if (z > 0) & (n_tiles < MIN_SPLIT_TILES):
+            return  # an unsplit block: z == 0 does it all
+        if split:
+            per = tl.cdiv(n_tiles, SPLITS) * BLOCK_N
+            stop = tl.minimum(stop, begin + (z + 1) * per)
+            begin = begin + z * per
+            do_new = z == SPLITS
+
     m_i = tl.full([M], float("-inf"), tl.float32)
     l_i = tl.zeros([M], tl.float32)
     acc = tl.zeros([M, D_PAD], tl.float32)
     cols = tl.arange(0, BLOCK_N)
+    q = tl.load(q_ptr + tok[:, None] * stride_qn + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [M, D_PAD]
 
     if HAS_CACHE:
-        ctx = tl.load(ctx_ptr + seq).to(tl.int32)
-        stop = tl.minimum(ctx, hi_max)
-        for start in range((lo_min // BLOCK_N) * BLOCK_N, stop, BLOCK_N):
+        for start in range(begin, stop, BLOCK_N):
             kpos = start + cols  # [BN]
             k_ok = kpos < stop
             page = tl.load(pt_ptr + seq * stride_pt + kpos // PAGE_SIZE, mask=k_ok, other=0)
@@ -114,7 +155,7 @@ def _paged_attention_kernel(
             vis = k_ok[None, :] & (kpos[None, :] >= lo[:, None]) & (kpos[None, :] < hi[:, None])
             acc, m_i, l_i = _attend_tile(q, k, v, vis, acc, m_i, l_i, scale, softcap, SOFTCAP, FP32_DOT)
 
-    if tl.load(cache_only_ptr + seq) == 0:
+    if do_new and tl.load(cache_only_ptr + seq) == 0:
         n_new = (seq_end - seq_start).to(tl.int32)
         for j0 in range(0, n_new, BLOCK_N):
             j = j0 + cols
@@ -129,8 +170,35 @@ def _paged_attention_kernel(
                 acc, m_i, l_i = _attend_tile(q, k, v, vis, acc, m_i, l_i, scale, softcap, SOFTCAP, FP32_DOT)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(o_ptr + tok[:, None] * stride_on + head[:, None] * stride_oh + d[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    if not split:
+        if z == 0:
+            _store_out(o_ptr, out, tok, head, d, row_ok, d_ok, stride_on, stride_oh)
+    else:
+        # Workspace slots of this (block, KV head): [SPLITS + 1] x [M, D_PAD] partials, [M] lse.
+        pair = pid * tl.num_programs(1) + kvh
+        slot = pair * (SPLITS + 1)
+        tl.store(part_ptr + ((slot + z) * M + rows)[:, None] * D_PAD + d[None, :], out)
+        tl.store(lse_ptr + (slot + z) * M + rows,
+                 tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf")))
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        if tl.atomic_add(cnt_ptr + pair, 1, sem="acq_rel") == SPLITS:  # the last of SPLITS + 1
+            m_all = tl.full([M], float("-inf"), tl.float32)
+            den = tl.zeros([M], tl.float32)
+            merged = tl.zeros([M, D_PAD], tl.float32)
+            for zz in range(SPLITS + 1):
+                lse_z = tl.load(lse_ptr + (slot + zz) * M + rows, cache_modifier=".cg")  # [M]
+                part_z = tl.load(part_ptr + ((slot + zz) * M + rows)[:, None] * D_PAD + d[None, :],
+                                 cache_modifier=".cg")  # [M, D_PAD]
+                m_new = tl.maximum(m_all, lse_z)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_all - m_safe)
+                w = tl.exp2(lse_z - m_safe)  # an empty share weighs 0
+                merged = merged * alpha[:, None] + part_z * w[:, None]
+                den = den * alpha + w
+                m_all = m_new
+            out = merged / tl.where(den > 0, den, 1.0)[:, None]  # sees nothing: zeros
+            _store_out(o_ptr, out, tok, head, d, row_ok, d_ok, stride_on, stride_oh)
+            tl.atomic_xchg(cnt_ptr + pair, 0)  # ready for the next layer / replay
 
 
 def query_blocks(cu_seqlens_q: torch.Tensor, num_tokens: int, block_q: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +225,27 @@ def _block_q(n_tok: int, n_kv_heads: int, g_pad: int, d_pad: int) -> int:
     return max(1, block_m // g_pad)
 
 
+_MAX_SPLITS = 16
+_SM_COUNT: dict[torch.device, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the interpreter: behave as on an H100
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNT[device]
+
+
+def _num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
+    """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs,
+    else enough for about two waves, at most one per cached key tile the page table can hold."""
+    if programs >= _sm_count(device):
+        return 0
+    want = min(-(-2 * _sm_count(device) // max(programs, 1)), -(-max_keys // block_n), _MAX_SPLITS)
+    return want if want >= 2 else 0
+
+
 def paged_attention(
     q: torch.Tensor,
     k_new: torch.Tensor,
@@ -167,10 +256,14 @@ def paged_attention(
     scale: float,
     softcap: float | None = None,
     block_q: int | None = None,
+    splits: int | None = None,
+    min_split_tiles: int = 4,
 ) -> torch.Tensor:
     """``q: [N, Hq, D]``, ``k_new, v_new: [N, Hkv, D]``, caches ``[P, page, Hkv, D]`` or None -> ``[N, Hq, D]``.
 
     ``block_q`` (query tokens per program) overrides the shape heuristic; BLOCK_Q x G is padded to >= 16.
+    ``splits`` (cache splits per block, 0 = none) overrides the split heuristic; it applies only with a cache,
+    and on device only to blocks with at least ``min_split_tiles`` cached key tiles.
     """
     n_tok, n_q_heads, head_dim = q.shape
     n_kv_heads = k_new.shape[1]
@@ -202,17 +295,34 @@ def paged_attention(
             memo[key] = (blk_seq, blk_q0)
     kc, vc = (k_cache, v_cache) if has_cache else (k_new, v_new)  # placeholders, never read
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)) if has_cache else (0, 0, 0)
-    grid = (blk_seq.shape[0], n_kv_heads)
+    if not has_cache:
+        splits = 0
+    elif splits is None:  # active blocks x KV heads; the page table's width bounds the cached keys
+        splits = _num_splits(triton.cdiv(n_tok, block_q) * n_kv_heads, meta.page_table.shape[1] * meta.page_size,
+                             block_n, q.device)
+    grid = (blk_seq.shape[0], n_kv_heads, splits + 1 if splits else 1)
+    if splits:  # workspace per (block, KV head, split); counters zeroed once per forward, reset by the kernel
+        slots, m_rows = grid[0] * n_kv_heads * (splits + 1), block_q * g_pad
+        part = torch.empty((slots, m_rows, d_pad), dtype=torch.float32, device=q.device)
+        lse = torch.empty((slots, m_rows), dtype=torch.float32, device=q.device)
+        ckey = ("paged_attention.counters", grid[0] * n_kv_heads)
+        counters = memo.get(ckey) if memo is not None else None
+        if counters is None:
+            counters = torch.zeros(grid[0] * n_kv_heads, dtype=torch.int32, device=q.device)
+            if memo is not None:
+                memo[ckey] = counters
+    else:  # placeholders, never touched (of the dtypes the split branch compiles for)
+        part, lse, counters = out, out, torch.empty(1, dtype=torch.int32, device=q.device)
     _paged_attention_kernel[grid](
         q, k_new, v_new, kc, vc, out,
         meta.cu_seqlens_q, meta.positions, meta.context_lens, meta.page_table, meta.key_lo, meta.key_hi,
-        meta.cache_only.view(torch.uint8), blk_seq, blk_q0,
+        meta.cache_only.view(torch.uint8), blk_seq, blk_q0, part, lse, counters,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         out.stride(0), out.stride(1), *cache_strides, max(meta.page_table.stride(0), 1),
         float(scale), float(softcap or 1.0), meta.num_seqs,
         PAGE_SIZE=meta.page_size, G=group, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_N=block_n,
         HEAD_DIM=head_dim, D_PAD=d_pad, HAS_CACHE=has_cache, SOFTCAP=softcap is not None,
-        FP32_DOT=is_interpreting() or q.dtype == torch.float32,
+        FP32_DOT=is_interpreting() or q.dtype == torch.float32, SPLITS=splits, MIN_SPLIT_TILES=min_split_tiles,
         num_warps=8 if d_pad >= 128 else 4, num_stages=2,
     )
     return out
