@@ -22,7 +22,9 @@ class RuntimeConfig:
     # True: never capture CUDA graphs (eager PyTorch only). None: graphs on CUDA, eager on
     # CPU; False on CPU is an error (CUDA graphs need CUDA).
     enforce_eager: Optional[bool] = None
-    # Batch sizes for which decode-step CUDA graphs are captured.
+    # Sequence-count buckets of the decode-step CUDA graphs: a step of S sequences is padded
+    # to the smallest entry >= S (tokens to a multiple of the block size, see
+    # diffulex/layers/graph_buckets.py); more sequences than the largest entry run eagerly.
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     # Attention / MoE / sampling kernels. auto: Triton on CUDA, PyTorch on CPU.
     kernels: KernelBackend = KernelBackend.AUTO

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..config import Config, Device, DType
+from ..layers.graph_buckets import Bucket, GraphBuckets
 from ..layers.staging import HostStager
 from .soft_inputs import SoftInputs, embed_dense
 from .distributed import ParallelState
@@ -54,15 +55,25 @@ class ModelRunner:
         # the Triton kernels (the reference MoE syncs with the host), one rank, a KV cache.
         self.graphs = None
         self.stager = HostStager(self.device)  # a step's small host inputs in one copy
+        # Graphed steps are padded on the host to bucket shapes (S_b in cuda_graph_batch_sizes,
+        # N_b a multiple of the block size), so few graphs serve every decode step.
+        s = config.strategy
+        block, buffer = s.block_size or 1, getattr(s, "buffer_size", None) or 1
+        self.buckets = GraphBuckets(
+            config.runtime.cuda_graph_batch_sizes, granularity=block,
+            # Decode: the blocks in flight plus one just-finished block whose K/V is written.
+            max_seq_tokens=(buffer + 1) * block,
+            max_tokens=max(config.runtime.cuda_graph_batch_sizes) * block * buffer)
         if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
                 and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
             from ..layers.graphs import DecodeGraphs
 
-            s = config.strategy
             self.graphs = DecodeGraphs(
-                self.graph_forward, self.device,
-                max_tokens=max(config.runtime.cuda_graph_batch_sizes) * s.block_size * (getattr(s, "buffer_size", None) or 1),
-                max_pages=-(-config.runtime.max_model_len // config.cache.page_size))
+                self.graph_forward, self.device, max_tokens=self.buckets.max_tokens,
+                max_pages=-(-config.runtime.max_model_len // config.cache.page_size),
+                # Every bucket shape, with and without the optional strategy inputs (e.g.
+                # DiffusionGemma's self-conditioning is absent on a canvas's first step).
+                max_graphs=max(64, 2 * len(self.buckets.shapes())))
 
     # -- construction -----------------------------------------------------------------
     def _pick_device(self) -> torch.device:
@@ -147,18 +158,24 @@ class ModelRunner:
         the input embeddings) and any other key, passed to the model's forward as a keyword.
         """
         dev = self.device
+        bucket = None
+        if self.graphs is not None and self.kernels == "triton":
+            bucket = self.buckets.choose(meta)  # from the host tensors; None: this step runs eagerly
+            if bucket is not None:  # pad to the bucket shape on the host: the same one copy below
+                input_ids, positions, meta = self.buckets.pad(bucket, input_ids, positions, meta)
         # Token ids, positions and every metadata tensor: one host→device copy (HostStager).
         names = [k for k, v in vars(meta).items() if torch.is_tensor(v)]
         moved = self.stager.to_device([input_ids, positions, *(getattr(meta, k) for k in names)])
         input_ids, positions = moved[0], moved[1]
         meta = replace(meta, **dict(zip(names, moved[2:])))
-        if self.graphs is not None and self.kernels == "triton":
-            static = self.graph_extras(extras, input_ids.shape[0])
+        if bucket is not None:
+            static = self.graph_extras(extras, bucket.num_tokens, bucket)
             if static is not None:
                 hidden = self.graphs.run(input_ids, positions, meta, static)  # None: this step runs eagerly
-                if hidden is not None:
+                if hidden is not None:  # [N_b, H]; logits_indices name real tokens only
                     logits = self.model.compute_logits(hidden[meta.logits_indices])
                     return logits if self.parallel.is_driver else None
+            input_ids, positions, meta = self.buckets.unpad(bucket, input_ids, positions, meta)  # views
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
         soft = kwargs.pop("soft_inputs", None)
         if soft is not None:
@@ -172,25 +189,31 @@ class ModelRunner:
         replica_size = self.parallel.tp_size * self.parallel.ep_size
         return logits.cpu() if self.parallel.rank % replica_size == 0 else None
 
-    def graph_extras(self, extras: dict[str, Any] | None, num_tokens: int) -> dict[str, Any] | None:
+    def graph_extras(self, extras: dict[str, Any] | None, num_tokens: int,
+                     bucket: Bucket | None = None) -> dict[str, Any] | None:
         """Strategy inputs in a fixed-shape form a CUDA graph can take, or None (run eagerly).
 
         Soft inputs become their dense per-token tensors (plus their scalars, part of the
         graph's key); tensors with one row per token (DiffusionGemma's canvas mask and
         self-conditioning rows) pass as they are, then the model's ``graph_inputs`` may shrink
-        them (DiffusionGemma: probabilities -> embeddings). Anything else, or more than
-        ``_MAX_GRAPH_EXTRAS_BYTES`` of static inputs, is not graphed.
+        them (DiffusionGemma: probabilities -> embeddings). With a ``bucket``, per-token
+        tensors get zero (False) rows for its pad tokens: ``[N, ...] -> [N_b, ...]``. Anything
+        else, or more than ``_MAX_GRAPH_EXTRAS_BYTES`` of static inputs, is not graphed.
         """
+        rows = bucket.padded_tokens if bucket is not None else num_tokens
         out: dict[str, Any] = {}
         for key, value in (extras or {}).items():
             if isinstance(value, SoftInputs):
-                out.update(value.to(self.device).dense(num_tokens))
+                out.update(value.to(self.device).dense(rows))  # [N_b, ...]: pad rows off the mask
                 out["soft_params"] = (value.mask_id, bool(value.renormalize), float(value.weight))
             elif torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == num_tokens:
                 out[key] = value.to(self.device, non_blocking=True)
             else:
                 return None
         out = self.model.graph_inputs(out)
+        if bucket is not None and rows != num_tokens:  # after graph_inputs: pad the smaller rows
+            out = {k: (GraphBuckets.pad_rows(bucket, v) if torch.is_tensor(v) and v.dim() >= 1
+                       and v.shape[0] == num_tokens else v) for k, v in out.items()}
         if sum(v.numel() * v.element_size() for v in out.values() if torch.is_tensor(v)) > _MAX_GRAPH_EXTRAS_BYTES:
             return None  # every graph keeps its own static copy: large inputs run eagerly instead
         return out

@@ -1,6 +1,9 @@
 """CUDA graphs of the model body for steps of a fixed shape (decode steps).
 
-One graph per exact step shape ``(tokens N, sequences S, scalar metadata)``: every tensor
+One graph per step shape ``(tokens N, sequences S, scalar metadata)``, as given: the owner
+pads steps to a few bucket shapes first (:class:`~diffulex.layers.graph_buckets.GraphBuckets`:
+``S`` to an entry of ``runtime.cuda_graph_batch_sizes``, ``N`` to a multiple of the block
+size), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
 input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
 buffer of that shape, except the page table, which is padded to the longest admissible
 context (``-1`` beyond a sequence's pages), so one graph serves every context length.
