@@ -127,19 +127,22 @@ def check_attention_splits(batch: int, gen: torch.Generator) -> None:
 
     scale = HEAD_DIM ** -0.5
     for name, hq, hkv in (("mini", HQ, HKV), ("8b", 32, 32)):
-        for ctx in (160, 1024, 4096):
+        for ctx in (160, 320, 1024, 4096):
             q, k, v, k_cache, v_cache, meta, ctx_total = attention_case(batch, "block", gen, hq, hkv, ctx)
             REFERENCE_OPS.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
             out_ref = REFERENCE_OPS.paged_attention(q, k, v, k_cache, v_cache, meta, scale, None)
             fwd = meta.for_forward()  # the engine's per-forward memo: the grid map is built once
             times, errs = {}, []
-            for label, splits in (("one pass", 0), ("split", None)):
-                errs.append(rel_err(pa(q, k, v, k_cache, v_cache, fwd, scale, None, splits=splits), out_ref))
-                times[label] = bench_graph(lambda s=splits: pa(q, k, v, k_cache, v_cache, fwd, scale, None, splits=s))
+            for label, splits, tiles in (("one pass", 0, 4), ("split", None, 4), ("split>=2", None, 2)):
+                errs.append(rel_err(pa(q, k, v, k_cache, v_cache, fwd, scale, None, splits=splits,
+                                       min_split_tiles=tiles), out_ref))
+                times[label] = bench_graph(lambda s=splits, t=tiles: pa(q, k, v, k_cache, v_cache, fwd, scale, None,
+                                                                        splits=s, min_split_tiles=t))
             ok = max(errs) < 1e-2
             kv_bytes = 2 * ctx_total * hkv * HEAD_DIM * 2
             record("attn split-KV", f"B={batch} {name} ctx={ctx}", max(errs), ok, times["one pass"], times["split"],
-                   f"graph-timed; KV {kv_bytes / 1e6:.1f} MB, split {kv_bytes / times['split'] / 1e6:.0f} GB/s")
+                   f"graph-timed; KV {kv_bytes / 1e6:.1f} MB, split {kv_bytes / times['split'] / 1e6:.0f} GB/s; "
+                   f"splitting from 2 tiles: {times['split>=2'] * 1e3:.1f} us")
 
 
 def check_attention(tri, batch: int, gen: torch.Generator, quick: bool) -> None:

@@ -288,3 +288,26 @@ def test_failed_capture_runs_the_unpadded_step_eagerly(tiny_path, monkeypatch):
         graphed = _generate(llm)
     assert graphed == eager and graphs.replays == graphs.captures == 0 and seen["padded_steps"] >= 1
     assert sizes == eager_sizes  # the eager fallback ran the unpadded steps
+
+
+def test_page_tables_padded_to_the_short_or_the_longest_width(monkeypatch):
+    """Steps whose page tables fit ``short_pages`` share a graph with that width (the attention
+    then launches without a split axis); longer ones get the longest width. Replays see the
+    step's own pages, -1 beyond."""
+    fake_cuda_graphs.install(monkeypatch)
+    widths = []
+
+    def forward(ids, pos, meta, extras):  # [N, 1]: depends on every page-table entry
+        widths.append(meta.page_table.shape[1])
+        return ids.float()[:, None] + (meta.page_table + 1).float().sum()
+
+    graphs = DecodeGraphs(fake_cuda_graphs.recording(forward), torch.device("cpu"), max_tokens=64,
+                          max_pages=8, short_pages=2)
+    for width, context in ((1, 0), (2, 4), (3, 8), (1, 0), (6, 16), (2, 0)):
+        meta = _meta([4], [context], max_pages=width)
+        expected = forward(torch.arange(4), meta.positions, meta, {}).clone()  # -1 padding adds nothing
+        out = graphs.run(torch.arange(4), meta.positions, meta)  # a capture returns its warm-up result
+        assert out is not None and torch.equal(out, expected)
+    assert sorted({key[3] for key in graphs.entries}) == [2, 8]
+    assert graphs.captures == 2 and graphs.replays == 4
+    assert set(widths) == {1, 2, 3, 6, 8}  # the eager references, then the captured widths 2 and 8

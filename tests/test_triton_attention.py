@@ -7,6 +7,8 @@ group, head dims 8..256 with padding, odd page sizes and lengths, strided K/V wr
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -146,3 +148,19 @@ def test_store_kvcache_matches_reference_and_skips_negative_slots(dtype):
     ref.store_kvcache(k, v, expected_k, expected_v, slots)
     store_kvcache(k, v, out_k, out_v, slots)
     assert torch.equal(out_k, expected_k) and torch.equal(out_v, expected_v)
+
+
+def test_no_split_axis_when_the_page_table_is_short():
+    """The split decision from shapes: a page table too short for a context that could split
+    (CUDA graphs give short steps such a table) launches without the split axis."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v, k_cache, v_cache, meta = random_batch(gen, [(150, 6, "block")], 4, 2, 16, 8)
+    ref.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+    expected = ref.paged_attention(q, k, v, k_cache, v_cache, meta, scale=0.5, softcap=None)
+    for pages, splits in ((meta.page_table.shape[1], False), (40, True)):  # 21 x 8 keys <= 256: no split axis
+        table = torch.full((1, pages), -1, dtype=torch.long)
+        table[:, :meta.page_table.shape[1]] = meta.page_table
+        fwd = dataclasses.replace(meta, page_table=table).for_forward()
+        out = paged_attention(q, k, v, k_cache, v_cache, fwd, scale=0.5)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        assert any(key[0] == "paged_attention.counters" for key in fwd.memo) == splits

@@ -56,7 +56,7 @@ class ModelRunner:
         self.graphs = None
         self.stager = HostStager(self.device)  # a step's small host inputs in one copy
         # Graphed steps are padded on the host to bucket shapes (S_b in cuda_graph_batch_sizes,
-        # N_b a multiple of the block size), so few graphs serve every decode step.
+        # N_b on a ladder of block-size multiples), so few graphs serve every decode step.
         s = config.strategy
         block, buffer = s.block_size or 1, getattr(s, "buffer_size", None) or 1
         self.buckets = GraphBuckets(
@@ -66,6 +66,7 @@ class ModelRunner:
             max_tokens=max(config.runtime.cuda_graph_batch_sizes) * block * buffer)
         if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
                 and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
+            from ..kernels.triton.paged_attention import SHORT_CONTEXT_KEYS
             from ..layers.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(
@@ -73,7 +74,8 @@ class ModelRunner:
                 max_pages=-(-config.runtime.max_model_len // config.cache.page_size),
                 # Every bucket shape, with and without the optional strategy inputs (e.g.
                 # DiffusionGemma's self-conditioning is absent on a canvas's first step).
-                max_graphs=max(64, 2 * len(self.buckets.shapes())))
+                max_graphs=max(64, 4 * len(self.buckets.shapes())),  # x2 again: short / long page tables
+                short_pages=-(-SHORT_CONTEXT_KEYS // config.cache.page_size))
 
     # -- construction -----------------------------------------------------------------
     def _pick_device(self) -> torch.device:

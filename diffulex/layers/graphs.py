@@ -3,10 +3,14 @@
 One graph per step shape ``(tokens N, sequences S, scalar metadata)``, as given: the owner
 pads steps to a few bucket shapes first (:class:`~diffulex.layers.graph_buckets.GraphBuckets`:
 ``S`` to an entry of ``runtime.cuda_graph_batch_sizes``, ``N`` to a multiple of the block
-size), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
+ladder), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
 input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
-buffer of that shape, except the page table, which is padded to the longest admissible
-context (``-1`` beyond a sequence's pages), so one graph serves every context length.
+buffer of that shape, except the page table, which is padded (``-1`` beyond a sequence's
+pages) to one of two widths: ``short_pages`` when every sequence of the step fits them, else
+the longest admissible context. So two graphs per shape serve every context length, and
+kernels that choose their launch from the page table's width (the attention's split over
+the key axis, see ``kernels/triton/paged_attention.py``) get the lean launch for short
+contexts.
 Strategy inputs of a fixed shape per step shape (dmax's soft inputs in their dense form,
 DiffusionGemma's canvas mask and self-conditioning rows) get static buffers too. Only the
 model body is captured; the logits rows (``logits_indices``, which vary with the masks left)
@@ -35,11 +39,12 @@ class DecodeGraphs:
     """Captures and replays ``forward(input_ids, positions, meta, extras) -> hidden [N, H]`` per step shape."""
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_tokens: int,
-                 max_pages: int, max_graphs: int = 64) -> None:
+                 max_pages: int, max_graphs: int = 64, short_pages: int | None = None) -> None:
         self.forward = forward
         self.device = device
         self.max_tokens = max_tokens
         self.max_pages = max_pages
+        self.short_pages = short_pages if short_pages and short_pages < max_pages else None
         self.max_graphs = max_graphs
         self.entries: dict[Any, Any] = {}
         self.pool = None
@@ -50,12 +55,18 @@ class DecodeGraphs:
         self.entries.clear()
         self.pool = None
 
+    def _pages(self, meta: Any) -> int:
+        """The page-table width of the step's graph: ``short_pages`` if it fits, else ``max_pages``."""
+        if self.short_pages is not None and meta.page_table.shape[1] <= self.short_pages:
+            return self.short_pages
+        return self.max_pages
+
     def _key(self, input_ids: torch.Tensor, meta: Any, extras: dict) -> Any:
         scalars = tuple(sorted((k, v) for k, v in vars(meta).items() if not torch.is_tensor(v)))
         shapes = tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in vars(meta).items()
                               if torch.is_tensor(v) and k not in ("page_table", "logits_indices")))
         extra = tuple(sorted((k, (tuple(v.shape), v.dtype) if torch.is_tensor(v) else v) for k, v in extras.items()))
-        return (tuple(input_ids.shape), shapes, scalars, extra)
+        return (tuple(input_ids.shape), shapes, scalars, self._pages(meta), extra)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
             extras: dict | None = None) -> torch.Tensor | None:
@@ -110,7 +121,7 @@ class DecodeGraphs:
             if not torch.is_tensor(value):
                 fields[name] = value
             elif name == "page_table":
-                tensors[name] = torch.full((value.shape[0], self.max_pages), -1, dtype=value.dtype, device=dev)
+                tensors[name] = torch.full((value.shape[0], self._pages(meta)), -1, dtype=value.dtype, device=dev)
             else:
                 tensors[name] = torch.empty(value.shape, dtype=value.dtype, device=dev)
             if torch.is_tensor(value):

@@ -18,8 +18,8 @@ token) map is built on device with torch ops (no host sync): the grid is the upp
 
 Split over the key axis (flash-decoding): when the grid above has too few programs to fill
 the GPU (batch 1, few query tokens), a third grid axis of ``splits + 1`` programs shares the
-work of each block whose cached range has at least ``min_split_tiles`` key tiles (decided on
-device from the sequence's own context, so one captured graph serves short and long
+work of each block whose sequence has at least ``min_split_tiles`` key tiles of context (decided
+on device from the sequence's own context, so one captured graph serves short and long
 contexts): program ``z < splits`` takes the ``z``-th share of the cached tiles, ``z = splits``
 the new tokens. Each writes its normalized partial output and base-2 log-sum-exp to an fp32
 workspace and bumps a per-(block, KV head) counter; the last one merges the partials into the
@@ -90,8 +90,8 @@ def _paged_attention_kernel(
     SPLITS: tl.constexpr, MIN_SPLIT_TILES: tl.constexpr,
 ):
     # SPLITS == 0: one program per (block, KV head) does all keys and writes o. SPLITS > 0:
-    # axis 2 has SPLITS + 1 programs per (block, KV head). A block with at least
-    # MIN_SPLIT_TILES cached tiles splits: program z < SPLITS takes the z-th share of them,
+    # axis 2 has SPLITS + 1 programs per (block, KV head). A block whose sequence has at least
+    # MIN_SPLIT_TILES tiles of context splits: program z < SPLITS takes the z-th share of them,
     # z == SPLITS the new tokens; each writes its partial (o / l and the base-2 lse) to the
     # workspace and the last one to finish (a per-(block, head) counter) merges them into o
     # and resets the counter. Shorter blocks do not split: z == 0 does all, the rest idle.
@@ -101,6 +101,12 @@ def _paged_attention_kernel(
     seq = tl.load(blk_seq_ptr + pid)
     if seq >= num_seqs:
         return
+    split = False
+    if SPLITS > 0:  # a block splits when its sequence's context spans MIN_SPLIT_TILES tiles
+        ctx_len = tl.load(ctx_ptr + seq)
+        split = ctx_len >= MIN_SPLIT_TILES * BLOCK_N
+        if (z > 0) & (ctx_len < MIN_SPLIT_TILES * BLOCK_N):
+            return  # an unsplit block: z == 0 does it all
     q0 = tl.load(blk_q0_ptr + pid)
     seq_start = tl.load(cu_ptr + seq)
     seq_end = tl.load(cu_ptr + seq + 1)
@@ -124,14 +130,9 @@ def _paged_attention_kernel(
     if HAS_CACHE:
         stop = tl.minimum(tl.load(ctx_ptr + seq).to(tl.int32), hi_max)
     do_new = z == 0
-    split = False
     if SPLITS > 0:
-        n_tiles = tl.cdiv(tl.maximum(stop - begin, 0), BLOCK_N)
-        split = n_tiles >= MIN_SPLIT_TILES
-        if (z > 0) & (n_tiles < MIN_SPLIT_TILES):
-            return  # an unsplit block: z == 0 does it all
-        if split:
-            per = tl.cdiv(n_tiles, SPLITS) * BLOCK_N
+        if split:  # z < SPLITS: the z-th share of the cached tiles; z == SPLITS: the new tokens
+            per = tl.cdiv(tl.cdiv(tl.maximum(stop - begin, 0), BLOCK_N), SPLITS) * BLOCK_N
             stop = tl.minimum(stop, begin + (z + 1) * per)
             begin = begin + z * per
             do_new = z == SPLITS
@@ -226,6 +227,9 @@ def _block_q(n_tok: int, n_kv_heads: int, g_pad: int, d_pad: int) -> int:
 
 
 _MAX_SPLITS = 16
+# Contexts shorter than this many keys never split (4 tiles of 64): CUDA graphs give such
+# steps a page table this short (layers/graphs.py), so their launch has no split axis at all.
+SHORT_CONTEXT_KEYS = 256
 _SM_COUNT: dict[torch.device, int] = {}
 
 
@@ -237,10 +241,11 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[device]
 
 
-def _num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
-    """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs,
-    else enough for about two waves, at most one per cached key tile the page table can hold."""
-    if programs >= _sm_count(device):
+def _num_splits(programs: int, max_keys: int, block_n: int, min_split_tiles: int, device: torch.device) -> int:
+    """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs or
+    the page table cannot hold a context that splits, else enough for about two waves, at most
+    one per cached key tile the page table can hold."""
+    if programs >= _sm_count(device) or max_keys <= min_split_tiles * block_n:
         return 0
     want = min(-(-2 * _sm_count(device) // max(programs, 1)), -(-max_keys // block_n), _MAX_SPLITS)
     return want if want >= 2 else 0
@@ -257,13 +262,13 @@ def paged_attention(
     softcap: float | None = None,
     block_q: int | None = None,
     splits: int | None = None,
-    min_split_tiles: int = 4,
+    min_split_tiles: int | None = None,
 ) -> torch.Tensor:
     """``q: [N, Hq, D]``, ``k_new, v_new: [N, Hkv, D]``, caches ``[P, page, Hkv, D]`` or None -> ``[N, Hq, D]``.
 
     ``block_q`` (query tokens per program) overrides the shape heuristic; BLOCK_Q x G is padded to >= 16.
     ``splits`` (cache splits per block, 0 = none) overrides the split heuristic; it applies only with a cache,
-    and on device only to blocks with at least ``min_split_tiles`` cached key tiles.
+    and on device only to blocks of sequences with at least ``min_split_tiles`` key tiles of context.
     """
     n_tok, n_q_heads, head_dim = q.shape
     n_kv_heads = k_new.shape[1]
@@ -293,13 +298,15 @@ def paged_attention(
         blk_seq, blk_q0 = query_blocks(meta.cu_seqlens_q, n_tok, block_q)
         if memo is not None:
             memo[key] = (blk_seq, blk_q0)
+    if min_split_tiles is None:
+        min_split_tiles = SHORT_CONTEXT_KEYS // block_n
     kc, vc = (k_cache, v_cache) if has_cache else (k_new, v_new)  # placeholders, never read
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)) if has_cache else (0, 0, 0)
     if not has_cache:
         splits = 0
     elif splits is None:  # active blocks x KV heads; the page table's width bounds the cached keys
         splits = _num_splits(triton.cdiv(n_tok, block_q) * n_kv_heads, meta.page_table.shape[1] * meta.page_size,
-                             block_n, q.device)
+                             block_n, min_split_tiles, q.device)
     grid = (blk_seq.shape[0], n_kv_heads, splits + 1 if splits else 1)
     if splits:  # workspace per (block, KV head, split); counters zeroed once per forward, reset by the kernel
         slots, m_rows = grid[0] * n_kv_heads * (splits + 1), block_q * g_pad
