@@ -3,11 +3,13 @@
 Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--real] [--out DIR]``.
 
 1. Tiny checkpoints, fp32: for each family (``multi_bd``) and for the strategies with extra
-   step inputs (dmax, d2f, fast_dllm_v2 dual cache, diffusion_gemma), one engine
-   (``kernels='auto'``, which must resolve to Triton on CUDA) generates greedily on a few prompts; the
+   step inputs (dmax, d2f, fast_dllm_v2 dual cache, diffusion_gemma), and on 300-400-token
+   prompts (llada, llada2: the attention's split key axis), one engine (``kernels='auto'``,
+   which must resolve to Triton on CUDA) generates greedily on a few prompts; the
    same engine, switched to the reference ops (the runner's per-layer ``kernels``
    attribute), generates again. Outputs must agree token for token.
-2. ``--real``: a real-shape LLaDA2.0-mini checkpoint with random bf16 weights (written by
+2. ``--real``: real-shape LLaDA2.0-mini (128-token prompts) and LLaDA-8B (1,536-token prompts)
+   checkpoints with random bf16 weights (written by
    ``experiments/benchmark.py``'s writer): every forward of a few engine steps runs with
    both backends on the same batch; the logits must agree within bf16 tolerance (relative
    L2 error and top-1 agreement). ``benchmark.py --check`` runs the same comparison on the
@@ -41,6 +43,8 @@ TINY_STRATEGIES = (
     ("diffusion_gemma", dict(decoding_strategy="diffusion_gemma", block_size=None, page_size=16)),
 )
 PROMPTS = [[11, 12, 13, 14, 15], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [7, 8, 9]]
+# Contexts of 300-400 keys: the attention splits its key axis (>= 256 keys, see paged_attention).
+LONG_PROMPTS = [[(7 * i) % 200 + 20 for i in range(400)], [(3 * i) % 150 + 30 for i in range(300)]]
 REL_TOL, TOP1_MIN = 0.05, 0.9  # bf16 tolerance of the logits (relative L2 error, top-1 agreement)
 
 
@@ -60,8 +64,10 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
     ok_all = True
     # Seeded: DiffusionGemma's canvases start as random tokens drawn from the request's generator.
     sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True, seed=0)
-    cases = [(fam, dict(decoding_strategy="multi_bd")) for fam in TINY_FAMILIES] + list(TINY_STRATEGIES)
-    for fam, kw in cases:
+    cases = [(fam, dict(decoding_strategy="multi_bd"), PROMPTS) for fam in TINY_FAMILIES] + \
+        [(fam, kw, PROMPTS) for fam, kw in TINY_STRATEGIES] + \
+        [(fam, dict(decoding_strategy="multi_bd"), LONG_PROMPTS) for fam in ("llada", "llada2")]
+    for fam, kw, prompts in cases:
         path = ensure_tiny_checkpoint(fam, root=root)
         try:
             with Diffulex(str(path), **{**dict(device="cuda", dtype="float32", kernels="auto",
@@ -70,14 +76,15 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
                 outs = {}
                 for backend in ("triton", "torch"):
                     _switch(llm, backend)
-                    res = llm.generate(PROMPTS, sp)
+                    res = llm.generate(prompts, sp)
                     outs[backend] = [t.token_ids if hasattr(t, "token_ids") else t.output_token_ids
                                      for t in res.trajectories]
                 graphs = (llm.runner.graphs.captures, llm.runner.graphs.replays) if llm.runner.graphs else None
             same = outs["triton"] == outs["torch"]
             # The Triton path must really have run from CUDA graphs (a failed capture runs eagerly).
             ok = same and resolved == "triton" and graphs is not None and graphs[1] > 0
-            row = dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], resolved=resolved,
+            row = dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"],
+                       prompt_lens=[len(p) for p in prompts], resolved=resolved,
                        token_for_token=same, graphs=graphs, tokens=sum(len(x) for x in outs["torch"]), ok=ok)
         except Exception as exc:  # report and go on with the other cases
             ok, row = False, dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], ok=False,
@@ -215,24 +222,33 @@ def compare_backends_on_engine(engine, prompt_len: int = 128, batch: int = 4, st
 
 
 def check_real(workdir: Path, report: list[dict]) -> bool:
+    """Real shapes, random bf16 weights: the MoE mini shape at short prompts (batch 4) and the
+    dense 8B shape at long prompts (batch 2, contexts past 1,500 keys: the split key axis)."""
+    import shutil
+
     from diffulex import Diffulex
 
     sys.path.insert(0, str(ROOT / "experiments"))
     from benchmark import write_checkpoint
 
-    path = write_checkpoint("llada2_mini", workdir / "llada2_mini", torch.device("cuda"))
-    with Diffulex(str(path), device="cuda", dtype="bfloat16", kernels="triton", decoding_strategy="multi_bd",
-                  block_size=32, buffer_size=1, page_size=32, max_model_len=512, enforce_eager=False) as llm:
-        res = compare_backends_on_engine(llm)
-    row = dict(check="real_bf16", model="llada2_mini", **res)
-    report.append(row)
-    print(json.dumps(row), flush=True)
-    return res["ok"]
+    ok = True
+    for name, prompt_len, batch in (("llada2_mini", 128, 4), ("llada_8b", 1536, 2)):
+        path = write_checkpoint(name, workdir / name, torch.device("cuda"))
+        with Diffulex(str(path), device="cuda", dtype="bfloat16", kernels="triton", decoding_strategy="multi_bd",
+                      block_size=32, buffer_size=1, page_size=32, max_model_len=prompt_len + 512,
+                      max_num_batched_tokens=batch * (prompt_len + 32) + 64, enforce_eager=False) as llm:
+            res = compare_backends_on_engine(llm, prompt_len=prompt_len, batch=batch)
+        shutil.rmtree(workdir / name, ignore_errors=True)
+        row = dict(check="real_bf16", model=name, prompt_len=prompt_len, batch=batch, **res)
+        report.append(row)
+        print(json.dumps(row), flush=True)
+        ok &= res["ok"]
+    return ok
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", action="store_true", help="also the real-shape bf16 logits check (writes ~32 GB)")
+    ap.add_argument("--real", action="store_true", help="also the real-shape bf16 logits checks (writes ~32 GB)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
