@@ -76,10 +76,10 @@ def test_matches_reference_in_every_mode(mode, softcap):
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("splits, min_tiles", [(None, 4), (2, 1), (3, 4), (7, 1), (16, 1)])
-def test_split_key_axis_over_long_contexts(splits, min_tiles):
+@pytest.mark.parametrize("splits, tiles", [(None, None), (2, 1), (3, 2), (7, 1), (16, 1), (16, 2)])
+def test_split_key_axis_over_long_contexts(splits, tiles):
     """Cached keys over many tiles, shared among splits per sequence (incl. shares that are
-    empty, blocks too short to split, a sliding window that starts mid-cache, cache-only and
+    empty, unused splits (fewer shares than splits), blocks too short to split, a sliding window that starts mid-cache, cache-only and
     cache-free sequences). Two calls on one per-forward memo: the first leaves the merge
     counters at zero for the second (the next layer)."""
     gen = torch.Generator().manual_seed(5)
@@ -89,7 +89,7 @@ def test_split_key_axis_over_long_contexts(splits, min_tiles):
     expected = ref.paged_attention(q, k, v, k_cache, v_cache, meta, scale=0.5, softcap=None)
     fwd = meta.for_forward()
     for _ in range(2):
-        out = paged_attention(q, k, v, k_cache, v_cache, fwd, scale=0.5, splits=splits, min_split_tiles=min_tiles)
+        out = paged_attention(q, k, v, k_cache, v_cache, fwd, scale=0.5, splits=splits, tiles_per_split=tiles)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     counters = [v for key, v in fwd.memo.items() if key[0] == "paged_attention.counters"]
     assert len(counters) == 1 and int(counters[0].abs().sum()) == 0

@@ -18,14 +18,15 @@ token) map is built on device with torch ops (no host sync): the grid is the upp
 
 Split over the key axis (flash-decoding): when the grid above has too few programs to fill
 the GPU (batch 1, few query tokens), a third grid axis of ``splits + 1`` programs shares the
-work of each block whose sequence has at least ``min_split_tiles`` key tiles of context (decided
-on device from the sequence's own context, so one captured graph serves short and long
-contexts): program ``z < splits`` takes the ``z``-th share of the cached tiles, ``z = splits``
-the new tokens. Each writes its normalized partial output and base-2 log-sum-exp to an fp32
-workspace and bumps a per-(block, KV head) counter; the last one merges the partials into the
-output and resets the counter (zeroed once per forward). Blocks with shorter contexts run
-unsplit on ``z = 0``. The number of splits depends on shapes only (grid size, page-table
-width), so no host sync is needed.
+work of each block. A block whose sequence has ``T`` key tiles of context uses
+``E = min(splits, T // tiles_per_split)`` shares when ``E >= 2`` (decided on device from the
+sequence's own context, so one captured graph serves short and long contexts): program
+``z < E`` takes the ``z``-th share of the cached tiles, ``z = splits`` the new tokens, the rest
+exit. Each writes its normalized partial output and base-2 log-sum-exp to an fp32 workspace
+and bumps a per-(block, KV head) counter; the last one merges the partials into the output and
+resets the counter (zeroed once per forward). Blocks with shorter contexts run unsplit on
+``z = 0``. The number of splits depends on shapes only (grid size, page-table width), so no
+host sync is needed; a page table too short for a splitting context launches no split axis.
 
 Limits: head_dim <= 256 (padded to a power of two >= 16, masked); Hq a multiple of Hkv;
 positions < 2**31; the caches ``[num_pages, page_size, Hkv, D]`` share strides and have a
@@ -77,6 +78,22 @@ def _store_out(o_ptr, out, tok, head, d, row_ok, d_ok, stride_on, stride_oh):
 
 
 @triton.jit
+def _merge_slot(part_ptr, lse_ptr, slot, rows, d, used, merged, den, m_all, M: tl.constexpr, D_PAD: tl.constexpr):
+    # Fold one partial (o / l: [M, D_PAD], base-2 lse: [M]) into the running merge; an unused
+    # slot (``used`` false) or an empty share (lse -inf) weighs 0. Reads bypass L1 (.cg):
+    # other programs wrote them.
+    ok = (rows >= 0) & used  # [M]
+    lse_z = tl.load(lse_ptr + slot * M + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    part_z = tl.load(part_ptr + (slot * M + rows)[:, None] * D_PAD + d[None, :], mask=ok[:, None], other=0.0,
+                     cache_modifier=".cg")
+    m_new = tl.maximum(m_all, lse_z)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_all - m_safe)
+    w = tl.exp2(lse_z - m_safe)
+    return merged * alpha[:, None] + part_z * w[:, None], den * alpha + w, m_new
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, o_ptr,
     cu_ptr, pos_ptr, ctx_ptr, pt_ptr, lo_ptr, hi_ptr, cache_only_ptr, blk_seq_ptr, blk_q0_ptr,
@@ -87,11 +104,12 @@ def _paged_attention_kernel(
     PAGE_SIZE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     HAS_CACHE: tl.constexpr, SOFTCAP: tl.constexpr, FP32_DOT: tl.constexpr,
-    SPLITS: tl.constexpr, MIN_SPLIT_TILES: tl.constexpr,
+    SPLITS: tl.constexpr, TILES_PER_SPLIT: tl.constexpr,
 ):
     # SPLITS == 0: one program per (block, KV head) does all keys and writes o. SPLITS > 0:
-    # axis 2 has SPLITS + 1 programs per (block, KV head). A block whose sequence has at least
-    # MIN_SPLIT_TILES tiles of context splits: program z < SPLITS takes the z-th share of them,
+    # axis 2 has SPLITS + 1 programs per (block, KV head). A block whose sequence's context
+    # has T tiles splits into E = min(SPLITS, T // TILES_PER_SPLIT) shares when E >= 2:
+    # program z < E takes the z-th share of the cached tiles (z in [E, SPLITS) idle),
     # z == SPLITS the new tokens; each writes its partial (o / l and the base-2 lse) to the
     # workspace and the last one to finish (a per-(block, head) counter) merges them into o
     # and resets the counter. Shorter blocks do not split: z == 0 does all, the rest idle.
@@ -102,11 +120,12 @@ def _paged_attention_kernel(
     if seq >= num_seqs:
         return
     split = False
-    if SPLITS > 0:  # a block splits when its sequence's context spans MIN_SPLIT_TILES tiles
-        ctx_len = tl.load(ctx_ptr + seq)
-        split = ctx_len >= MIN_SPLIT_TILES * BLOCK_N
-        if (z > 0) & (ctx_len < MIN_SPLIT_TILES * BLOCK_N):
-            return  # an unsplit block: z == 0 does it all
+    shares = 0
+    if SPLITS > 0:  # from the sequence's context alone, so every program of the block agrees
+        shares = tl.minimum(tl.cdiv(tl.load(ctx_ptr + seq).to(tl.int32), BLOCK_N) // TILES_PER_SPLIT, SPLITS)
+        split = shares >= 2
+        if (z > 0) & ((shares < 2) | ((z >= shares) & (z < SPLITS))):
+            return  # idle: an unsplit block (z == 0 does it all) or a share this block does not use
     q0 = tl.load(blk_q0_ptr + pid)
     seq_start = tl.load(cu_ptr + seq)
     seq_end = tl.load(cu_ptr + seq + 1)
@@ -132,7 +151,7 @@ def _paged_attention_kernel(
     do_new = z == 0
     if SPLITS > 0:
         if split:  # z < SPLITS: the z-th share of the cached tiles; z == SPLITS: the new tokens
-            per = tl.cdiv(tl.cdiv(tl.maximum(stop - begin, 0), BLOCK_N), SPLITS) * BLOCK_N
+            per = tl.cdiv(tl.cdiv(tl.maximum(stop - begin, 0), BLOCK_N), shares) * BLOCK_N
             stop = tl.minimum(stop, begin + (z + 1) * per)
             begin = begin + z * per
             do_new = z == SPLITS
@@ -182,21 +201,15 @@ def _paged_attention_kernel(
         tl.store(lse_ptr + (slot + z) * M + rows,
                  tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf")))
         tl.debug_barrier()  # every thread's partial is written before the counter moves
-        if tl.atomic_add(cnt_ptr + pair, 1, sem="acq_rel") == SPLITS:  # the last of SPLITS + 1
+        if tl.atomic_add(cnt_ptr + pair, 1, sem="acq_rel") == shares:  # the last of shares + 1
             m_all = tl.full([M], float("-inf"), tl.float32)
             den = tl.zeros([M], tl.float32)
             merged = tl.zeros([M, D_PAD], tl.float32)
-            for zz in range(SPLITS + 1):
-                lse_z = tl.load(lse_ptr + (slot + zz) * M + rows, cache_modifier=".cg")  # [M]
-                part_z = tl.load(part_ptr + ((slot + zz) * M + rows)[:, None] * D_PAD + d[None, :],
-                                 cache_modifier=".cg")  # [M, D_PAD]
-                m_new = tl.maximum(m_all, lse_z)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp2(m_all - m_safe)
-                w = tl.exp2(lse_z - m_safe)  # an empty share weighs 0
-                merged = merged * alpha[:, None] + part_z * w[:, None]
-                den = den * alpha + w
-                m_all = m_new
+            for zz in range(SPLITS):  # the cached-key shares this block used, then the new tokens
+                merged, den, m_all = _merge_slot(part_ptr, lse_ptr, slot + zz, rows, d, rows * 0 + zz < shares,
+                                                 merged, den, m_all, M, D_PAD)
+            merged, den, m_all = _merge_slot(part_ptr, lse_ptr, slot + SPLITS, rows, d, rows >= 0,
+                                             merged, den, m_all, M, D_PAD)
             out = merged / tl.where(den > 0, den, 1.0)[:, None]  # sees nothing: zeros
             _store_out(o_ptr, out, tok, head, d, row_ok, d_ok, stride_on, stride_oh)
             tl.atomic_xchg(cnt_ptr + pair, 0)  # ready for the next layer / replay
@@ -227,8 +240,8 @@ def _block_q(n_tok: int, n_kv_heads: int, g_pad: int, d_pad: int) -> int:
 
 
 _MAX_SPLITS = 16
-# Contexts shorter than this many keys never split (4 tiles of 64): CUDA graphs give such
-# steps a page table this short (layers/graphs.py), so their launch has no split axis at all.
+# Contexts shorter than this many keys never split (two shares of two 64-key tiles): CUDA graphs
+# give such steps a page table this short (layers/graphs.py), so their launch has no split axis.
 SHORT_CONTEXT_KEYS = 256
 _SM_COUNT: dict[torch.device, int] = {}
 
@@ -242,6 +255,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _num_splits(programs: int, max_keys: int, block_n: int, min_split_tiles: int, device: torch.device) -> int:
+    # min_split_tiles: the shortest context (in tiles) that splits
     """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs or
     the page table cannot hold a context that splits, else enough for about two waves, at most
     one per cached key tile the page table can hold."""
@@ -262,13 +276,14 @@ def paged_attention(
     softcap: float | None = None,
     block_q: int | None = None,
     splits: int | None = None,
-    min_split_tiles: int | None = None,
+    tiles_per_split: int | None = None,
 ) -> torch.Tensor:
     """``q: [N, Hq, D]``, ``k_new, v_new: [N, Hkv, D]``, caches ``[P, page, Hkv, D]`` or None -> ``[N, Hq, D]``.
 
     ``block_q`` (query tokens per program) overrides the shape heuristic; BLOCK_Q x G is padded to >= 16.
     ``splits`` (cache splits per block, 0 = none) overrides the split heuristic; it applies only with a cache,
-    and on device only to blocks of sequences with at least ``min_split_tiles`` key tiles of context.
+    and on device only to blocks of sequences whose context gives at least two shares of ``tiles_per_split``
+    key tiles (default: ``SHORT_CONTEXT_KEYS`` keys of context at least).
     """
     n_tok, n_q_heads, head_dim = q.shape
     n_kv_heads = k_new.shape[1]
@@ -298,15 +313,15 @@ def paged_attention(
         blk_seq, blk_q0 = query_blocks(meta.cu_seqlens_q, n_tok, block_q)
         if memo is not None:
             memo[key] = (blk_seq, blk_q0)
-    if min_split_tiles is None:
-        min_split_tiles = SHORT_CONTEXT_KEYS // block_n
+    if tiles_per_split is None:
+        tiles_per_split = max(1, SHORT_CONTEXT_KEYS // (2 * block_n))
     kc, vc = (k_cache, v_cache) if has_cache else (k_new, v_new)  # placeholders, never read
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)) if has_cache else (0, 0, 0)
     if not has_cache:
         splits = 0
     elif splits is None:  # active blocks x KV heads; the page table's width bounds the cached keys
         splits = _num_splits(triton.cdiv(n_tok, block_q) * n_kv_heads, meta.page_table.shape[1] * meta.page_size,
-                             block_n, min_split_tiles, q.device)
+                             block_n, 2 * tiles_per_split, q.device)
     grid = (blk_seq.shape[0], n_kv_heads, splits + 1 if splits else 1)
     if splits:  # workspace per (block, KV head, split); counters zeroed once per forward, reset by the kernel
         slots, m_rows = grid[0] * n_kv_heads * (splits + 1), block_q * g_pad
@@ -329,7 +344,7 @@ def paged_attention(
         float(scale), float(softcap or 1.0), meta.num_seqs,
         PAGE_SIZE=meta.page_size, G=group, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_N=block_n,
         HEAD_DIM=head_dim, D_PAD=d_pad, HAS_CACHE=has_cache, SOFTCAP=softcap is not None,
-        FP32_DOT=is_interpreting() or q.dtype == torch.float32, SPLITS=splits, MIN_SPLIT_TILES=min_split_tiles,
+        FP32_DOT=is_interpreting() or q.dtype == torch.float32, SPLITS=splits, TILES_PER_SPLIT=tiles_per_split,
         num_warps=8 if d_pad >= 128 else 4, num_stages=2,
     )
     return out
