@@ -479,8 +479,9 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     if args.backends:
         wanted = args.backends.split(",")
         backends = [b for b in backends if b in wanted]
-        if cuda and "triton+graphs-nosplit" in wanted:  # A/B of the split-KV attention, same weights
-            backends.insert(0, "triton+graphs-nosplit")
+        for variant in ("triton+graphs-nosplit", "triton+graphs-nofold"):  # A/B rows, same weights
+            if cuda and variant in wanted:
+                backends.insert(0, variant)
     t0 = time.perf_counter()
     engine = Diffulex(str(path), decoding_strategy="multi_bd", block_size=32, buffer_size=1,
                       kernels=backends[-1].split("+")[0], max_num_seqs=max(batches),
@@ -508,6 +509,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     rows = {}
     graphs = engine.runner.graphs
     max_splits = importlib.import_module("diffulex.kernels.triton.paged_attention")._MAX_SPLITS if cuda else 0
+    llada2_module = importlib.import_module("diffulex.models.llada2")
+    fold_max = llada2_module.FOLD_MAX_TOKENS
     for backend in backends:
         kern = backend.split("+")[0]
         engine.runner.kernels = set_kernel_backend(engine.runner.model, kern, dev)
@@ -515,7 +518,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
         engine.runner.graphs = graphs if "+graphs" in backend else None
         if cuda and "triton" in backend:
             pa_module = importlib.import_module("diffulex.kernels.triton.paged_attention")
-            pa_module._MAX_SPLITS = 0 if backend.endswith("-nosplit") else max_splits  # benchmark-only switch
+            pa_module._MAX_SPLITS = 0 if backend.endswith("-nosplit") else max_splits  # benchmark-only switches
+            llada2_module.FOLD_MAX_TOKENS = 0 if backend.endswith("-nofold") else fold_max
             if graphs is not None:
                 graphs.clear()  # captured graphs hold the previous attention variant
         cases = [(args.prompt_len, k, b) for k in ks for b in batches] + \
@@ -592,7 +596,8 @@ def parse(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
     ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all); "
-                    "triton+graphs-nosplit: the same without the split-KV attention (A/B)")
+                    "triton+graphs-nosplit / -nofold: the same without the split-KV attention / without "
+                    "LLaDA2's shared expert inside the fused MoE (A/B)")
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton, k=32, batch 1)")
     ap.add_argument("--only-check", action="store_true", help="write, build, --check/--profile, no benchmark rows")

@@ -4,7 +4,8 @@ Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--r
 
 1. Tiny checkpoints, fp32: for each family (``multi_bd``) and for the strategies with extra
    step inputs (dmax, d2f, fast_dllm_v2 dual cache, diffusion_gemma), and on 300-400-token
-   prompts (llada, llada2: the attention's split key axis), one engine (``kernels='auto'``,
+   prompts (llada, llada2: the attention's split key axis), and llada2 on one prompt (its shared
+   expert inside the fused MoE), one engine (``kernels='auto'``,
    which must resolve to Triton on CUDA) generates greedily on a few prompts; the
    same engine, switched to the reference ops (the runner's per-layer ``kernels``
    attribute), generates again. Outputs must agree token for token.
@@ -66,7 +67,8 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
     sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True, seed=0)
     cases = [(fam, dict(decoding_strategy="multi_bd"), PROMPTS) for fam in TINY_FAMILIES] + \
         [(fam, kw, PROMPTS) for fam, kw in TINY_STRATEGIES] + \
-        [(fam, dict(decoding_strategy="multi_bd"), LONG_PROMPTS) for fam in ("llada", "llada2")]
+        [(fam, dict(decoding_strategy="multi_bd"), LONG_PROMPTS) for fam in ("llada", "llada2")] + \
+        [("llada2", dict(decoding_strategy="multi_bd"), PROMPTS[1:2])]  # batch 1: shared expert in the fused MoE
     for fam, kw, prompts in cases:
         path = ensure_tiny_checkpoint(fam, root=root)
         try:

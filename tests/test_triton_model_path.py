@@ -63,3 +63,47 @@ def test_triton_model_path_equals_reference(family, tiny_path):
     for (k_ref, v_ref), (k_tri, v_tri) in zip(c_ref, c_tri):  # the KV written by both paths
         torch.testing.assert_close(k_tri, k_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v_tri, v_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_llada2_shared_expert_runs_inside_the_fused_moe(tiny_path, monkeypatch):
+    """On one shard the shared expert's weights are a slot of the stacked experts (loaded through
+    its own layers), so at small batches the fused MoE runs it with the routed experts: same
+    logits as the separate shared MLP; the fold is really taken, and it is skipped for larger
+    batches and when a wrapper (e.g. an unmerged LoRA layer) replaces the shared expert's layers."""
+    import diffulex.models.llada2 as llada2
+
+    path = tiny_path("llada2")
+    model = AutoModel.get("llada2")(load_hf_config(path), dtype=torch.float32)
+    model.load_weights(path)
+    model.eval()
+    set_kernels(model, "triton")
+    moes = [layer.mlp for layer in model.model.layers if layer.is_moe]
+    for moe in moes:  # the loaded shared weights are the extra slot
+        w13, w2 = moe.experts.slot(0)
+        assert torch.equal(w13, moe.shared_experts.gate_up_proj.weight) and w13.abs().sum() > 0
+        assert torch.equal(w2, moe.shared_experts.down_proj.weight) and w2.abs().sum() > 0
+    folded = []
+    forward = type(moes[0].experts).forward
+    monkeypatch.setattr(type(moes[0].experts), "forward",
+                        lambda self, *a, extra=False: folded.append(extra) or forward(self, *a, extra=extra))
+    ids = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(2))
+
+    def logits():
+        caches = [(torch.zeros(4, PAGE, h, d), torch.zeros(4, PAGE, h, d)) for h, d in model.kv_cache_spec()]
+        with torch.inference_mode():
+            return model.compute_logits(model(ids, torch.arange(8), meta_for(list(range(8)), 0, torch.tensor([3, 0])),
+                                              caches))
+
+    fused = logits()
+    assert folded and all(folded)
+    folded.clear()
+    monkeypatch.setattr(llada2, "FOLD_MAX_TOKENS", 4)  # 8 tokens: the shared MLP runs on its own
+    separate = logits()
+    assert folded and not any(folded)
+    torch.testing.assert_close(fused, separate, atol=2e-4, rtol=2e-4)
+    monkeypatch.setattr(llada2, "FOLD_MAX_TOKENS", 32)
+    folded.clear()
+    for moe in moes:  # a wrapper around the shared layers (what unmerged LoRA does): no fold
+        moe.shared_experts.down_proj = torch.nn.Sequential(moe.shared_experts.down_proj)
+    torch.testing.assert_close(logits(), separate, atol=2e-4, rtol=2e-4)
+    assert folded and not any(folded)

@@ -19,7 +19,7 @@ from torch import nn
 from diffulex.layers.attention import Attention, KVCache
 from diffulex.layers.attention_metadata import AttentionMetadata
 from diffulex.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from diffulex.layers.linear import QKVParallelLinear, RowParallelLinear
+from diffulex.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from diffulex.layers.mlp import GatedMLP
 from diffulex.layers.moe import GroupLimitedSigmoidRouter, StackedExperts
 from diffulex.layers.norm import RMSNorm
@@ -30,6 +30,9 @@ from diffulex.models.base import cfg_get as _cfg_get
 from diffulex.registry import AutoModel
 
 cfg_get = partial(_cfg_get, family="LLaDA2")
+# The shared expert joins the fused MoE up to this many tokens per forward (a batch-1 block of
+# 32): the fused MoE reads an expert once per block of 16+ tokens, a dense GEMM once per step.
+FOLD_MAX_TOKENS = 32
 
 
 class LLaDA2Attention(nn.Module):
@@ -85,13 +88,37 @@ class LLaDA2SparseMoe(nn.Module):
         self.gate = GroupLimitedSigmoidRouter(
             hidden, cfg_get(cfg, "num_experts"), cfg_get(cfg, "num_experts_per_tok"),
             cfg_get(cfg, "n_group"), cfg_get(cfg, "topk_group"), cfg_get(cfg, "routed_scaling_factor"), dtype)
-        self.experts = StackedExperts(cfg_get(cfg, "num_experts"), hidden, width, tp, dtype, ep=ep)
         num_shared = cfg_get(cfg, "num_shared_experts", None) or 0
+        # One shared expert on one shard: its weights live in an extra slot of the stacked
+        # experts (the GatedMLP's parameters are views of it), so at small batches the fused
+        # MoE computes it with the routed experts instead of three more GEMM launches.
+        fold = num_shared == 1 and tp.size * ep.size == 1
+        self.experts = StackedExperts(cfg_get(cfg, "num_experts"), hidden, width, tp, dtype, ep=ep,
+                                      extra_slots=1 if fold else 0)
         self.shared_experts = GatedMLP(hidden, width * num_shared, tp, dtype) if num_shared else None
+        if fold:
+            for linear, view in zip((self.shared_experts.gate_up_proj, self.shared_experts.down_proj),
+                                    self.experts.slot(0)):
+                old = linear.weight
+                linear.weight = nn.Parameter(view, requires_grad=False)
+                linear.weight.__dict__.update(old.__dict__)  # weight_loader and the like
+
+    def _folds_shared(self, n_tok: int) -> bool:
+        """Run the shared expert inside the fused MoE: Triton path, its weights still the stacked
+        slot (no unmerged LoRA wrapper around its layers), and few tokens (``FOLD_MAX_TOKENS``)."""
+        shared, experts = self.shared_experts, self.experts
+        if shared is None or not experts.extra_slots or experts.kernels == "torch" or n_tok > FOLD_MAX_TOKENS:
+            return False
+        if type(shared.gate_up_proj) is not MergedColumnParallelLinear or type(shared.down_proj) is not RowParallelLinear:
+            return False
+        w13, w2 = experts.slot(0)
+        return shared.gate_up_proj.weight.data_ptr() == w13.data_ptr() and shared.down_proj.weight.data_ptr() == w2.data_ptr()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
         topk_ids, topk_weights = self.gate(x)  # [T, k], [T, k]
+        if self._folds_shared(x.shape[0]):
+            return self.experts(x, topk_ids, topk_weights, extra=True)
         y = self.experts(x, topk_ids, topk_weights)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)

@@ -33,7 +33,8 @@ class StackedExperts(nn.Module):
     activation = "silu"  # the gate activation: "silu" or "gelu_tanh" (subclasses)
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
-                 tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32, ep: TPGroup = TPGroup()) -> None:
+                 tp: TPGroup = TPGroup(), dtype: torch.dtype = torch.float32, ep: TPGroup = TPGroup(),
+                 extra_slots: int = 0) -> None:
         super().__init__()
         self.tp = tp
         self.ep = ep
@@ -46,10 +47,15 @@ class StackedExperts(nn.Module):
         self.expert_start = (ep.rank * tp.size + tp.rank) * self.num_local
         self.intermediate_size = intermediate_size
         self.kernels = "torch"
-        self.w13 = nn.Parameter(torch.empty(self.num_local, 2 * intermediate_size, hidden_size, dtype=dtype),
-                                requires_grad=False)
-        self.w2 = nn.Parameter(torch.empty(self.num_local, hidden_size, intermediate_size, dtype=dtype),
-                               requires_grad=False)
+        # ``extra_slots`` experts more in the same storage, after the routed ones: a model may
+        # place an always-used expert there (LLaDA2's shared expert, see :meth:`slot`), and the
+        # fused MoE then runs it with the routed ones (``forward(..., extra=True)``).
+        self.extra_slots = extra_slots
+        n = self.num_local + extra_slots
+        self.w13_all = torch.empty(n, 2 * intermediate_size, hidden_size, dtype=dtype)  # [E_local + extra, 2I, H]
+        self.w2_all = torch.empty(n, hidden_size, intermediate_size, dtype=dtype)  # [E_local + extra, H, I]
+        self.w13 = nn.Parameter(self.w13_all[:self.num_local], requires_grad=False)
+        self.w2 = nn.Parameter(self.w2_all[:self.num_local], requires_grad=False)
         self.w13.weight_loader = self.weight_loader
         self.w2.weight_loader = self.weight_loader
 
@@ -72,13 +78,30 @@ class StackedExperts(nn.Module):
         with torch.no_grad():
             copy_checked(dst, loaded_weight)
 
-    def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-        # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]
+    def slot(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra slot ``i``: views ``(gate|up [2I, H], down [H, I])`` of the stacked storage."""
+        if not 0 <= i < self.extra_slots:
+            raise ValueError(f"StackedExperts: extra slot {i} out of range [0, {self.extra_slots})")
+        return self.w13_all[self.num_local + i], self.w2_all[self.num_local + i]
+
+    def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                extra: bool = False) -> torch.Tensor:
+        # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]. ``extra`` (fused path, one shard):
+        # every token also uses each extra slot with weight 1 (the caller skips its own copy).
         if self.kernels != "torch" and type(self).forward is StackedExperts.forward:
             from diffulex.kernels import get_ops
 
+            w13, w2, num_experts = self.w13, self.w2, self.num_experts
+            if extra and self.extra_slots:
+                if self.tp.size * self.ep.size != 1:
+                    raise ValueError("StackedExperts: extra slots run in the fused MoE only without sharding")
+                t = topk_ids.shape[0]
+                slots = torch.arange(self.num_experts, self.num_experts + self.extra_slots, device=x.device)
+                topk_ids = torch.cat([topk_ids, slots.to(topk_ids.dtype).expand(t, -1)], 1)  # [T, k + extra]
+                topk_weights = torch.cat([topk_weights.float(), topk_weights.new_ones(t, self.extra_slots).float()], 1)
+                w13, w2, num_experts = self.w13_all, self.w2_all, self.num_experts + self.extra_slots
             y = get_ops(x.device, self.kernels).fused_moe(
-                x.contiguous(), topk_ids, topk_weights, self.w13, self.w2, self.expert_start, self.num_experts,
+                x.contiguous(), topk_ids, topk_weights, w13, w2, self.expert_start, num_experts,
                 activation=self.activation)
             if self.tp.size * self.ep.size == 1:
                 return y
