@@ -2,8 +2,8 @@
 
 One graph per step shape ``(tokens N, sequences S, scalar metadata)``, as given: the owner
 pads steps to a few bucket shapes first (:class:`~diffulex.layers.graph_buckets.GraphBuckets`:
-``S`` to an entry of ``runtime.cuda_graph_batch_sizes``, ``N`` to a multiple of the block
-ladder), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
+``S`` to an entry of ``runtime.cuda_graph_batch_sizes``, ``N`` to a ladder of block-size
+multiples), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
 input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
 buffer of that shape, except the page table, which is padded (``-1`` beyond a sequence's
 pages) to one of two widths: ``short_pages`` when every sequence of the step fits them, else

@@ -35,6 +35,8 @@ contiguous last dim, as do q/k/v.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import triton
 import triton.language as tl
@@ -243,22 +245,21 @@ _MAX_SPLITS = 16
 # Contexts shorter than this many keys never split (two shares of two 64-key tiles): CUDA graphs
 # give such steps a page table this short (layers/graphs.py), so their launch has no split axis.
 SHORT_CONTEXT_KEYS = 256
-_SM_COUNT: dict[torch.device, int] = {}
+@lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 132  # the interpreter: behave as on an H100
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM_COUNT[device]
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _num_splits(programs: int, max_keys: int, block_n: int, min_split_tiles: int, device: torch.device) -> int:
-    # min_split_tiles: the shortest context (in tiles) that splits
     """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs or
-    the page table cannot hold a context that splits, else enough for about two waves, at most
-    one per cached key tile the page table can hold."""
+    the page table cannot hold a context of ``min_split_tiles`` tiles (the shortest that splits),
+    else enough for about two waves, at most one per cached key tile the page table can hold."""
     if programs >= _sm_count(device) or max_keys <= min_split_tiles * block_n:
         return 0
     want = min(-(-2 * _sm_count(device) // max(programs, 1)), -(-max_keys // block_n), _MAX_SPLITS)
