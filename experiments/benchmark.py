@@ -478,6 +478,9 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
         backends.append("triton+graphs")
     if args.backends:
         wanted = args.backends.split(",")
+        known = {"torch", "triton", "triton+graphs", "triton+graphs-nosplit", "triton+graphs-nofold"}
+        if set(wanted) - known:
+            raise SystemExit(f"benchmark: unknown --backends {sorted(set(wanted) - known)}; choose from {sorted(known)}")
         backends = [b for b in backends if b in wanted]
         for variant in ("triton+graphs-nosplit", "triton+graphs-nofold"):  # A/B rows, same weights
             if cuda and variant in wanted:
@@ -529,7 +532,7 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             try:
                 r = run_rows(engine, k, b, plen, args.warmup, args.measure, cuda, max_tokens[k])
             except torch.cuda.OutOfMemoryError as exc:
-                log(f"[{name}] {backend} k={k} b={b}: OOM ({exc})")
+                log(f"[{name}] {backend} prompt={plen} k={k} b={b}: OOM ({exc})")
                 gc.collect(); torch.cuda.empty_cache()
                 continue
             u = r["u"] if moe_layers else None

@@ -247,7 +247,8 @@ def test_bucketed_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, 
         eager = _generate(llm)
     fake_cuda_graphs.install(monkeypatch)
     with Diffulex(tiny_path(family), **kw) as llm:
-        sizes, g = llm.config.runtime.cuda_graph_batch_sizes, llm.runner.buckets.granularity
+        sizes, buckets = llm.config.runtime.cuda_graph_batch_sizes, llm.runner.buckets
+        g = buckets.granularity
         graphs, seen = _graphed_engine(llm, ops)
         graphed = _generate(llm)
         keys = list(graphs.entries)
@@ -259,7 +260,7 @@ def test_bucketed_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, 
     for key in keys:  # only bucket shapes were captured
         n_b = key[0][0]
         s_b = dict((name, shape) for name, shape, _ in key[1])["context_lens"][0]
-        assert s_b in sizes and n_b % g == 0, key
+        assert s_b in sizes and n_b % g == 0 and n_b == buckets.token_bucket(n_b), key
 
 
 def _forward_sizes(runner) -> list[int]:
