@@ -18,8 +18,9 @@ warm-up:
 - ``host_ms``: median of (step wall time - forward GPU time): scheduler, batch packing,
   sampling, Python, not hidden behind the GPU;
 - ``tok/s`` = batch * TPF / step wall time; ``TPF`` measured (tokens decided per request per forward);
-- ``U``: distinct routed experts per MoE layer per step (from the router outputs, in an
-  extra untimed step of the same batch);
+- ``U``: distinct routed experts per MoE layer per step, averaged over the measured steps (from
+  the router outputs of an untimed eager replay of the same requests and steps: same prompts,
+  same fixed schedule, so the same tokens; CUDA graph replays do not run Python hooks);
 - ``GB/step``: weights read (all but the embedding table; routed experts only the U
   selected ones per layer) + KV cache read and written;
 - ``floor_ms`` = bytes / HBM bandwidth (measured with a large device copy); ``ratio`` = fwd_ms / floor_ms;
@@ -284,12 +285,15 @@ class RouterProbe:
         from diffulex.layers.moe.router import GroupLimitedSigmoidRouter, SoftmaxTopKRouter
 
         self.handles, self.counts = [], []
+        self.active = True  # record only while set (the measured steps)
         for mod in model.modules():
             if isinstance(mod, (GroupLimitedSigmoidRouter, SoftmaxTopKRouter)):
                 self.handles.append(mod.register_forward_hook(self._hook))
 
     def _hook(self, mod, inp, out):
-        ids = out[0]
+        if not self.active:
+            return
+        ids = out[0][:, :mod.top_k]  # routed columns only (a shared expert's slot may follow)
         seen = torch.zeros(mod.num_experts, dtype=torch.int32, device=ids.device)
         seen.scatter_(0, ids.flatten(), 1)
         self.counts.append(seen.sum())
@@ -324,9 +328,8 @@ def kv_bytes_per_token(runner) -> int:
     return sum(2 * k.shape[2] * k.shape[3] * k.element_size() for k, _ in runner.kv_caches)
 
 
-def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: int, cuda: bool,
-             max_tokens: int) -> dict:
-    """Add ``batch`` requests, step ``warmup + measure`` times, abort; the row's numbers."""
+def add_requests(engine, batch: int, prompt_len: int, max_tokens: int) -> list[int]:
+    """``batch`` greedy requests with random prompts, the same for the same (batch, prompt_len)."""
     from diffulex.sampling_params import SamplingParams
 
     vocab_hi = min(engine.tokenizer.vocab_size if hasattr(engine.tokenizer, "vocab_size") else 200, 200)
@@ -338,6 +341,39 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
         prompt = torch.randint(10, vocab_hi, (prompt_len,), generator=gen).tolist()
         prompt = [t if t != mask_id else t + 1 for t in prompt]
         ids.append(engine.add_request(prompt, sp))
+    return ids
+
+
+def drop_requests(engine, ids: list[int]) -> None:
+    for r in ids:
+        engine.abort_request(r)
+    for r in ids:
+        engine._requests.pop(r, None)
+
+
+def measured_u(engine, batch: int, prompt_len: int, warmup: int, measure: int, max_tokens: int) -> float | None:
+    """Mean distinct routed experts per MoE layer over the measured steps of a row, from an eager
+    replay of the same requests (graphs off: hooks do not run inside a graph replay)."""
+    probe = RouterProbe(engine.runner.model)
+    if not probe.handles:
+        return None
+    graphs, engine.runner.graphs = engine.runner.graphs, None
+    ids = add_requests(engine, batch, prompt_len, max_tokens)
+    try:
+        for i in range(warmup + measure):
+            probe.active = i >= warmup
+            engine.step()
+        return probe.mean_u()
+    finally:
+        engine.runner.graphs = graphs
+        probe.close()
+        drop_requests(engine, ids)
+
+
+def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: int, cuda: bool,
+             max_tokens: int) -> dict:
+    """Add ``batch`` requests, step ``warmup + measure`` times, abort; the row's numbers."""
+    ids = add_requests(engine, batch, prompt_len, max_tokens)
     timer = StepTimer(engine, cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -357,22 +393,11 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
             decided.append(n)
         if len(timer.events) != warmup + measure:
             raise RuntimeError(f"expected one forward per step, got {len(timer.events)}")
-        probe = RouterProbe(engine.runner.model) if cuda else None
-        if probe is not None and probe.handles:
-            graphs, engine.runner.graphs = engine.runner.graphs, None  # hooks do not fire in a graph replay
-            try:
-                engine.step()  # one more step of the same batch, untimed, eager, for U
-            finally:
-                engine.runner.graphs = graphs
-        u = probe.mean_u() if probe else None
-        if probe:
-            probe.close()
     finally:
         timer.restore()
-        for r in ids:
-            engine.abort_request(r)
-        for r in ids:
-            engine._requests.pop(r, None)
+        drop_requests(engine, ids)
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    u = measured_u(engine, batch, prompt_len, warmup, measure, max_tokens)
     sl = slice(warmup, warmup + measure)
     gpu = [timer.gpu_s(i) for i in range(warmup + measure)][sl]
     host = [w - g for w, g in zip(walls[sl], gpu)]
@@ -381,7 +406,7 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     tpf = statistics.mean(decided[sl]) / batch
     return dict(fwd_s=statistics.median(gpu), step_s=statistics.median(walls[sl]), host_s=statistics.median(host),
                 tpf=tpf, u=u, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
-                peak=torch.cuda.max_memory_allocated() if cuda else 0)
+                peak=peak)
 
 
 def profile_steps(engine, args, name: str) -> None:

@@ -120,3 +120,21 @@ def test_expert_loader_skips_experts_of_other_ranks():
     assert experts.w13.abs().sum() == 0
     experts.w13.weight_loader(experts.w13, torch.ones(I, H), (5, "up"))  # local expert 1
     assert experts.w13[1, I:].eq(1).all() and experts.w13[1, :I].eq(0).all()
+
+
+def test_extra_slot_runs_as_an_always_used_expert_on_the_loop_path():
+    """An extra slot (LLaDA2's shared expert) appended by the router: every token uses ids E.. with
+    weight 1, and the experts' loop path adds that slot's MLP to the routed sum."""
+    gen = torch.Generator().manual_seed(4)
+    experts = StackedExperts(E, H, I, extra_slots=1)
+    experts.w13_all.copy_(torch.randn(E + 1, 2 * I, H, generator=gen) * 0.2)
+    experts.w2_all.copy_(torch.randn(E + 1, H, I, generator=gen) * 0.2)
+    router = make_router(gen)
+    x = torch.randn(6, H, generator=gen)
+    ids, w = router(x)
+    ids_x, w_x = router(x, extra_slots=1)
+    assert torch.equal(ids_x[:, :-1], ids) and torch.equal(ids_x[:, -1], torch.full((6,), E))
+    assert torch.equal(w_x[:, :-1], w) and torch.equal(w_x[:, -1], torch.ones(6))
+    w13, w2 = experts.slot(0)
+    shared = expert_mlp(x, w13[:I], w13[I:], w2)
+    torch.testing.assert_close(experts(x, ids_x, w_x, extra=True), experts(x, ids, w) + shared, atol=1e-5, rtol=1e-5)

@@ -86,6 +86,38 @@ def test_qk_norm_rope_matches_reference_in_place(dtype, hq, hkv, d, rot, norm):
     assert torch.equal(qkv[:, hq + hkv:], v_before)  # v untouched
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hq,hkv,d,rot,norm", [(4, 2, 16, 8, True), (3, 3, 12, 12, False), (20, 4, 32, 32, True)])
+def test_qk_norm_rope_writes_the_kv_cache(dtype, hq, hkv, d, rot, norm):
+    """With ``cache`` the kernel also stores the finished K (after norm + RoPE, pass-through dims
+    included) and V at each token's slot, skipping slots < 0: what the reference's separate
+    ``store_kvcache`` writes; q and k come out as without the cache."""
+    gen = torch.Generator().manual_seed(hq + d + rot)
+    rope = RotaryEmbedding(d, rot, 64, 10000.0)
+    positions = torch.tensor([5, 0, 63, 17, 17, 2])
+    slots = torch.tensor([9, -1, 0, 31, 4, 17])
+    _, (q, k, v) = fused_qkv(gen, 6, hq, hkv, d, dtype)
+    qw = (1 + 0.1 * torch.randn(d, generator=gen)).to(dtype) if norm else None
+    kw = (1 + 0.1 * torch.randn(d, generator=gen)).to(dtype) if norm else None
+    caches = {name: (torch.full((4, 8, hkv, d), 7.0, dtype=dtype), torch.full((4, 8, hkv, d), 7.0, dtype=dtype))
+              for name in ("ref", "tri")}
+    q_ref, k_ref = ref.qk_norm_rope(q.clone(), k.clone(), positions, rope.cos_cache, rope.sin_cache, qw, kw, 1e-6,
+                                    cache=(v, *caches["ref"], slots))
+    q_out, k_out = qk_norm_rope(q, k, positions, rope.cos_cache, rope.sin_cache, qw, kw, 1e-6,
+                                cache=(v, *caches["tri"], slots))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    torch.testing.assert_close(q_out, q_ref, **tol)
+    torch.testing.assert_close(k_out, k_ref, **tol)
+    (kc_ref, vc_ref), (kc, vc) = caches["ref"], caches["tri"]
+    torch.testing.assert_close(kc, kc_ref, **tol)
+    assert torch.equal(vc, vc_ref)  # V is copied, not transformed
+    flat = kc.view(-1, hkv, d)
+    torch.testing.assert_close(flat[slots[slots >= 0]], k_out[slots >= 0], atol=0, rtol=0)  # the K it returns
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    assert (flat[untouched] == 7).all() and (vc.view(-1, hkv, d)[untouched] == 7).all()  # slot -1 wrote nothing
+
+
 def test_qk_norm_rope_reference_is_the_published_formula():
     gen = torch.Generator().manual_seed(3)
     rope = RotaryEmbedding(16, 8, 32, 10000.0)

@@ -18,8 +18,9 @@ with interpreted():  # triton and the kernels read the setting at import: keep i
     pytest.importorskip("triton")
     from diffulex.kernels import reference as ref
     from diffulex.kernels.triton.fused_moe import fused_moe
-    from diffulex.kernels.triton.moe_align import moe_align, moe_align_torch
-    from diffulex.kernels.triton.moe_router import group_limited_topk
+    from diffulex.kernels.triton.moe_align import ONE_PROGRAM_MAX, moe_align, moe_align_torch
+    from diffulex.kernels.triton.moe_router import group_limited_topk, moe_route
+    from diffulex.kernels.triton.router_gemm import router_logit_partials
     from diffulex.layers.moe.experts import StackedExperts
     from diffulex.layers.moe.router import GroupLimitedSigmoidRouter
 
@@ -46,6 +47,50 @@ def test_group_limited_topk_matches_reference_and_router(e, n_group, topk_group,
     ids, w = group_limited_topk(logits, router.expert_bias, top_k, n_group, topk_group, scaling)
     assert torch.equal(ids, ids_ref)
     torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t,h,e,splits,dtype", [
+    (3, 80, 16, None, torch.float32),  # H not a multiple of the K tile: the last slice is short
+    (13, 256, 24, 4, torch.bfloat16),  # x widened in the kernel; E not a multiple of the E tile
+    (70, 64, 16, 2, torch.float32),  # two T tiles; only one K tile, so slice 1 is all zeros
+])
+def test_router_partials_sum_to_fp32_logits(t, h, e, splits, dtype):
+    gen = torch.Generator().manual_seed(t + h)
+    x = torch.randn(t, h, generator=gen).to(dtype)
+    w = torch.randn(e, h, generator=gen)
+    partials = router_logit_partials(x, w, splits)
+    assert partials.dtype == torch.float32 and partials.shape[1:] == (t, e)
+    assert splits is None or partials.shape[0] == splits
+    torch.testing.assert_close(partials.sum(0), F.linear(x.float(), w), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="power of two"):
+        router_logit_partials(x, w, 3)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 3])
+def test_moe_route_equals_reference_with_extra_slots(extra):
+    """Split-K logits + top-k over the partials pick what the reference router picks, and the
+    extra columns name ids E.. with weight 1 (the shared expert's slot)."""
+    e, n_group, topk_group, top_k, scaling = 64, 8, 4, 8, 2.5
+    gen = torch.Generator().manual_seed(11 + extra)
+    router = GroupLimitedSigmoidRouter(128, e, top_k, n_group, topk_group, scaling)
+    router.weight.data = torch.randn(e, 128, generator=gen) * 0.3
+    router.expert_bias.data = torch.randn(e, generator=gen) * 0.1
+    x = torch.randn(9, 128, generator=gen)
+    ids_ref, w_ref = ref.moe_route(x, router.weight, router.expert_bias, top_k, n_group, topk_group, scaling, extra)
+    assert ids_ref.shape == (9, top_k + extra)
+    ids_mod, w_mod = router(x, extra_slots=extra)  # the module's own (published) formulation
+    assert torch.equal(ids_mod, ids_ref)
+    torch.testing.assert_close(w_mod, w_ref)
+    ids, w = moe_route(x, router.weight, router.expert_bias, top_k, n_group, topk_group, scaling, extra)
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+    if extra:
+        assert torch.equal(ids[:, top_k:], torch.arange(e, e + extra).expand(9, -1))
+        assert torch.equal(w[:, top_k:], torch.ones(9, extra))
+    torch.testing.assert_close(w[:, :top_k].sum(1), torch.full((9,), scaling))  # extras not renormalized
+    router.kernels = "triton"  # the module's Triton path is the same op
+    ids_tri, w_tri = router(x, extra_slots=extra)
+    assert torch.equal(ids_tri, ids_ref)
 
 
 def random_moe(gen, t, h, i, e, k, dtype=torch.float32, skew=False):
@@ -124,9 +169,10 @@ def test_reference_matches_stacked_experts():
                                atol=1e-5, rtol=1e-4)
 
 
-def test_moe_align_blocks_cover_each_expert_run_once():
+@pytest.mark.parametrize("one_program", [True, False])
+def test_moe_align_blocks_cover_each_expert_run_once(one_program):
     ids = torch.tensor([[2, 0], [2, 3], [0, 2], [2, 1], [2, 0]])  # expert 2 x5, 0 x3, 1 x1, 3 x1
-    order, blk_expert, row0, row_end, counts = moe_align(ids, 4, block_m=2)
+    order, blk_expert, row0, row_end, counts = moe_align(ids, 4, block_m=2, one_program=one_program)
     assert counts.tolist() == [3, 1, 5, 1]
     used = blk_expert < 4
     assert blk_expert[used].tolist() == [0, 0, 1, 2, 2, 2, 3]
@@ -139,12 +185,22 @@ def test_moe_align_blocks_cover_each_expert_run_once():
     (5, 2, 4, 0, 4, 2),
     (33, 8, 16, 0, 16, 16),  # more assignments than one block, empty experts
     (40, 4, 6, 6, 18, 4),  # a tensor-parallel slice: most ids belong to other ranks
-    (300, 8, 64, 0, 64, 16),  # several histogram chunks
+    (300, 8, 64, 0, 64, 16),  # several histogram chunks (two launches: more than one program's limit)
+    (100, 9, 64, 0, 64, 16),  # one program: 900 assignments
 ])
-def test_moe_align_equals_torch_formulation(t, k, e, start, num_experts, block_m):
+@pytest.mark.parametrize("skew", [False, True])  # skew: one expert has many blocks
+def test_moe_align_equals_torch_formulation(t, k, e, start, num_experts, block_m, skew):
     gen = torch.Generator().manual_seed(t)
-    ids = torch.rand(t, num_experts, generator=gen).topk(k, dim=-1).indices
+    scores = torch.rand(t, num_experts, generator=gen)
+    if skew:
+        scores[:, start] += 2.0
+    ids = scores.topk(k, dim=-1).indices
     order, blk_expert, row0, row_end, counts = moe_align(ids, e, block_m, start)
+    if t * k <= ONE_PROGRAM_MAX:  # the two-launch path gives the same table
+        two = moe_align(ids, e, block_m, start, one_program=False)
+        assert torch.equal(two[1], blk_expert) and torch.equal(two[4], counts)
+        used = blk_expert < e
+        assert torch.equal(two[2][used], row0[used]) and torch.equal(two[3][used], row_end[used])
     r_order, r_expert, r_row0, r_row_end, r_counts = moe_align_torch(ids, e, block_m, start)
     assert torch.equal(counts, r_counts)
     assert torch.equal(blk_expert, r_expert)

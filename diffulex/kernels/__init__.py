@@ -25,10 +25,11 @@ class KernelOps:
     Signatures (shapes in each op's docstring) are identical between bundles:
     ``store_kvcache(k, v, k_cache, v_cache, slot_mapping)``,
     ``paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale, softcap=None)``,
-    ``group_limited_topk(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)``,
+    ``group_limited_topk(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor, extra_slots=0)``,
+    ``moe_route(x, weight, expert_bias, top_k, n_group, topk_group, routed_scaling_factor, extra_slots=0)``,
     ``fused_moe(x, topk_ids, topk_weights, w13, w2, expert_start=0, num_experts=None)``,
     ``greedy_confidence(logits, forbidden)``, ``rms_norm(x, weight, eps, residual=None)``,
-    ``qk_norm_rope(q, k, positions, cos_cache, sin_cache, q_weight=None, k_weight=None, eps=1e-6)``,
+    ``qk_norm_rope(q, k, positions, cos_cache, sin_cache, q_weight=None, k_weight=None, eps=1e-6, cache=None)``,
     ``silu_and_mul(x)``.
     """
 
@@ -36,6 +37,7 @@ class KernelOps:
     store_kvcache: Callable[..., None]
     paged_attention: Callable[..., torch.Tensor]
     group_limited_topk: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    moe_route: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     fused_moe: Callable[..., torch.Tensor]
     greedy_confidence: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rms_norm: Callable[..., Any]
@@ -48,6 +50,7 @@ REFERENCE_OPS = KernelOps(
     store_kvcache=_ref.store_kvcache,
     paged_attention=_ref.paged_attention,
     group_limited_topk=_ref.group_limited_topk,
+    moe_route=_ref.moe_route,
     fused_moe=_ref.fused_moe,
     greedy_confidence=_ref.greedy_confidence,
     rms_norm=_ref.rms_norm,
@@ -66,6 +69,7 @@ def triton_ops() -> KernelOps:
         store_kvcache=_tri.store_kvcache,
         paged_attention=_tri.paged_attention,
         group_limited_topk=_tri.group_limited_topk,
+        moe_route=_tri.moe_route,
         fused_moe=_tri.fused_moe,
         greedy_confidence=_tri.greedy_confidence,
         rms_norm=_tri.rms_norm,

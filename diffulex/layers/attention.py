@@ -32,10 +32,22 @@ class Attention(nn.Module):
         self.kernels = "torch"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
-        # q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq, D]
+                meta: AttentionMetadata, kv_cache: KVCache | None, stored: bool = False) -> torch.Tensor:
+        # q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq, D]. ``stored``: the caller already wrote
+        # this step's K/V into the cache (``layers.rotary.rope_and_cache``).
         ops = get_ops(q.device, self.kernels)
         k_cache, v_cache = kv_cache if kv_cache is not None else (None, None)
-        if k_cache is not None:
+        if k_cache is not None and not stored:
             ops.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
         return ops.paged_attention(q, k, v, k_cache, v_cache, meta, self.scale, self.softcap)
+
+
+def rope_then_attend(rotary: nn.Module, attn: Attention, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, meta: AttentionMetadata, kv_cache: KVCache | None,
+                     q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> torch.Tensor:
+    """Per-head norms + RoPE of ``q, k`` (``rotary``: a ``layers.rotary.RotaryEmbedding``), the KV-cache
+    write, and ``attn``'s paged attention -> ``[N, Hq, D]``. The cache write rides on the RoPE
+    kernel (the finished K heads are in registers there): one launch fewer per layer."""
+    cache = (v, kv_cache[0], kv_cache[1], meta.slot_mapping) if kv_cache is not None else None
+    q, k = rotary(positions, q, k, q_norm, k_norm, cache=cache)
+    return attn(q, k, v, meta, kv_cache, stored=cache is not None)

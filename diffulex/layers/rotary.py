@@ -31,12 +31,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cache", freqs.sin().float(), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
+                cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE of ``q: [N, Hq, D]``, ``k: [N, Hkv, D]`` at ``positions: [N]``, after the per-head
         RMSNorms ``q_norm``/``k_norm`` (:class:`~diffulex.layers.norm.RMSNorm` over D) when given.
-        The inputs must not be used afterwards (the Triton op overwrites them)."""
+        The inputs must not be used afterwards (the Triton op overwrites them). ``cache = (v,
+        k_cache, v_cache, slot_mapping)`` also writes the finished K and V into the paged cache
+        (one kernel with the RoPE; see :func:`~diffulex.layers.attention.rope_then_attend`)."""
         ops = get_ops(q.device, self.kernels)
         if q_norm is None:
-            return ops.qk_norm_rope(q, k, positions, self.cos_cache, self.sin_cache)
+            return ops.qk_norm_rope(q, k, positions, self.cos_cache, self.sin_cache, cache=cache)
         return ops.qk_norm_rope(q, k, positions, self.cos_cache, self.sin_cache, q_norm.weight, k_norm.weight,
-                                q_norm.eps)
+                                q_norm.eps, cache=cache)
+

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffulex.layers.attention import Attention, KVCache
+from diffulex.layers.attention import Attention, KVCache, rope_then_attend
 from diffulex.layers.attention_metadata import AttentionMetadata
 from diffulex.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from diffulex.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -67,11 +67,8 @@ class LLaDA2Attention(nn.Module):
         n = x.shape[0]
         qkv = self.query_key_value(x).view(n, -1, self.head_dim)  # [N, Hq + 2 Hkv, D]
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        if self.use_qk_norm:
-            q, k = self.rotary(positions, q, k, self.query_layernorm, self.key_layernorm)
-        else:
-            q, k = self.rotary(positions, q, k)
-        o = self.attn(q, k, v, meta, kv_cache)  # [N, Hq, D]; v may be a strided view
+        norms = (self.query_layernorm, self.key_layernorm) if self.use_qk_norm else (None, None)
+        o = rope_then_attend(self.rotary, self.attn, positions, q, k, v, meta, kv_cache, *norms)  # [N, Hq, D]
         return self.dense(o.reshape(n, -1))
 
 
@@ -116,9 +113,10 @@ class LLaDA2SparseMoe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, H] -> [T, H]
-        topk_ids, topk_weights = self.gate(x)  # [T, k], [T, k]
-        if self._folds_shared(x.shape[0]):
+        if self._folds_shared(x.shape[0]):  # the router appends the shared expert's slot: [T, k + 1]
+            topk_ids, topk_weights = self.gate(x, extra_slots=1)
             return self.experts(x, topk_ids, topk_weights, extra=True)
+        topk_ids, topk_weights = self.gate(x)  # [T, k], [T, k]
         y = self.experts(x, topk_ids, topk_weights)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)

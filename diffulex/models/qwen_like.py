@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffulex.layers.attention import Attention, KVCache
+from diffulex.layers.attention import Attention, KVCache, rope_then_attend
 from diffulex.layers.attention_metadata import AttentionMetadata
 from diffulex.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from diffulex.layers.linear import QKVParallelLinear, RowParallelLinear
@@ -93,11 +93,8 @@ class QwenAttention(nn.Module):
         n = x.shape[0]
         qkv = self.qkv_proj(x).view(n, -1, self.head_dim)  # [N, Hq + 2 Hkv, D]
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
-        if self.qk_norm:
-            q, k = self.rotary(positions, q, k, self.q_norm, self.k_norm)
-        else:
-            q, k = self.rotary(positions, q, k)
-        o = self.attn(q, k, v, meta, kv_cache)  # [N, Hq, D]; v may be a strided view
+        norms = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
+        o = rope_then_attend(self.rotary, self.attn, positions, q, k, v, meta, kv_cache, *norms)  # [N, Hq, D]
         return self.o_proj(o.reshape(n, -1))
 
 

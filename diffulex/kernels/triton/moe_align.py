@@ -1,10 +1,12 @@
-"""Group a step's (token, expert) assignments by local expert for the fused MoE: two launches.
+"""Group a step's (token, expert) assignments by local expert for the fused MoE: one or two launches.
 
 ``moe_align_torch`` is the plain-PyTorch formulation (a stable sort plus ~15 small ops);
 ``moe_align`` computes the same block table with two Triton launches: a one-program plan
 kernel (histogram of the expert ids, prefix sums) and a fill kernel whose programs each place
 a slice of the assignments at their expert's next free row (an atomic counter per expert)
-and fill a slice of the block table. The order of
+and fill a slice of the block table. Up to ``ONE_PROGRAM_MAX`` assignments (a decode step of
+a few sequences) one program does both (``_moe_align_one_kernel``), one launch fewer per MoE
+layer. The order of
 assignments *within* one expert may differ from the stable sort; nothing depends on it (each
 row of the grouped GEMM is computed independently and written back by assignment index).
 """
@@ -98,8 +100,45 @@ def _moe_fill_kernel(ids_ptr, scratch_ptr, counts_ptr, order_ptr, blk_expert_ptr
     tl.store(blk_row_end_ptr + b, (start_e + count_e).to(tl.int64), mask=ok)
 
 
-def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start: int = 0):
-    """Same outputs as :func:`moe_align_torch` (``order`` grouped, not necessarily stable within an expert)."""
+@triton.jit
+def _moe_align_one_kernel(ids_ptr, scratch_ptr, counts_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
+                          n_assign, n_blocks_total, expert_start,
+                          NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, A_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                          B_CHUNK: tl.constexpr):
+    """All of ``moe_align`` in one program (``n_assign <= A_PAD``): histogram, prefix sums, placement
+    (atomic cursor per expert in ``scratch [E_PAD]``), then each expert writes its own block rows."""
+    offs = tl.arange(0, A_PAD)
+    mask = offs < n_assign
+    key = _expert_key(ids_ptr, offs, mask, expert_start, NUM_LOCAL, E_PAD)  # [A_PAD]
+    bins = tl.arange(0, E_PAD)
+    counts = tl.where(bins <= NUM_LOCAL, tl.histogram(key, E_PAD), 0)  # the padding bin dropped
+    starts = tl.cumsum(counts, axis=0) - counts  # [E_PAD] first sorted row per bin
+    local = bins < NUM_LOCAL
+    nb = tl.where(local, (counts + BLOCK_M - 1) // BLOCK_M, 0)  # row blocks per expert
+    first = tl.cumsum(nb, axis=0) - nb  # [E_PAD] first block of each expert
+    tl.store(scratch_ptr + bins, starts)
+    tl.store(counts_ptr + bins, counts.to(tl.int64), mask=local)
+    tl.debug_barrier()  # the cursors are written before any thread claims a row
+    row = tl.atomic_add(scratch_ptr + key, 1, mask=mask)
+    tl.store(order_ptr + row, offs.to(tl.int64), mask=mask)
+    for j in range(0, tl.max(nb, 0)):  # the j-th block of every expert that has one
+        ok = j < nb
+        tl.store(blk_expert_ptr + first + j, bins.to(tl.int64), mask=ok)
+        tl.store(blk_row0_ptr + first + j, (starts + j * BLOCK_M).to(tl.int64), mask=ok)
+        tl.store(blk_row_end_ptr + first + j, (starts + counts).to(tl.int64), mask=ok)
+    for b0 in range(tl.sum(nb, 0), n_blocks_total, B_CHUNK):  # surplus blocks: no expert
+        b = b0 + tl.arange(0, B_CHUNK)
+        tl.store(blk_expert_ptr + b, tl.full([B_CHUNK], NUM_LOCAL, tl.int64), mask=b < n_blocks_total)
+
+
+ONE_PROGRAM_MAX = 1024  # assignments up to which one program plans and places them
+
+
+def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start: int = 0,
+              one_program: bool | None = None):
+    """Same outputs as :func:`moe_align_torch` (``order`` grouped, not necessarily stable within an expert;
+    surplus blocks carry only ``blk_expert == num_local``). ``one_program``: force (True, needs
+    ``<= ONE_PROGRAM_MAX`` assignments) or forbid the one-launch path; None picks by size."""
     ids = topk_ids.reshape(-1)
     if not ids.is_contiguous():
         ids = ids.contiguous()
@@ -113,6 +152,15 @@ def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start
     blk_expert, blk_row0, blk_row_end = (torch.empty(n_blocks_total, dtype=torch.long, device=dev) for _ in range(3))
     if n_assign == 0:
         return order, blk_expert, blk_row0, blk_row_end, counts.zero_()
+    if one_program is None:
+        one_program = n_assign <= ONE_PROGRAM_MAX
+    if one_program:
+        if n_assign > ONE_PROGRAM_MAX:
+            raise ValueError(f"moe_align: {n_assign} assignments exceed the one-program limit {ONE_PROGRAM_MAX}")
+        _moe_align_one_kernel[(1,)](ids, scratch, counts, order, blk_expert, blk_row0, blk_row_end, n_assign,
+                                    n_blocks_total, expert_start, NUM_LOCAL=num_local, E_PAD=e_pad,
+                                    A_PAD=max(16, next_pow2(n_assign)), BLOCK_M=block_m, B_CHUNK=256, num_warps=8)
+        return order, blk_expert, blk_row0, blk_row_end, counts
     _moe_plan_kernel[(1,)](ids, scratch, counts, n_assign, expert_start, NUM_LOCAL=num_local, E_PAD=e_pad,
                            CHUNK=1024, BLOCK_M=block_m, num_warps=8)
     block, b_chunk = 256, 16

@@ -49,7 +49,8 @@ class StackedExperts(nn.Module):
         self.kernels = "torch"
         # ``extra_slots`` experts more in the same storage, after the routed ones: a model may
         # place an always-used expert there (LLaDA2's shared expert, see :meth:`slot`), and the
-        # fused MoE then runs it with the routed ones (``forward(..., extra=True)``).
+        # fused MoE then runs it with the routed ones (``forward(..., extra=True)``, the ids
+        # and weights already carrying the extra columns: ``router(x, extra_slots=...)``).
         self.extra_slots = extra_slots
         n = self.num_local + extra_slots
         self.w13_all = torch.empty(n, 2 * intermediate_size, hidden_size, dtype=dtype)  # [E_local + extra, 2I, H]
@@ -87,18 +88,15 @@ class StackedExperts(nn.Module):
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                 extra: bool = False) -> torch.Tensor:
         # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]. ``extra`` (fused path, one shard):
-        # every token also uses each extra slot with weight 1 (the caller skips its own copy).
+        # the last ``extra_slots`` columns name the extra slots (ids E.., weight 1; the router
+        # appends them) and the caller skips its own copy of that expert.
+        if extra and self.extra_slots and self.tp.size * self.ep.size != 1:
+            raise ValueError("StackedExperts: extra slots are used only without tensor/expert sharding")
         if self.kernels != "torch" and type(self).forward is StackedExperts.forward:
             from diffulex.kernels import get_ops
 
             w13, w2, num_experts = self.w13, self.w2, self.num_experts
             if extra and self.extra_slots:
-                if self.tp.size * self.ep.size != 1:
-                    raise ValueError("StackedExperts: extra slots run in the fused MoE only without sharding")
-                t = topk_ids.shape[0]
-                slots = torch.arange(self.num_experts, self.num_experts + self.extra_slots, device=x.device)
-                topk_ids = torch.cat([topk_ids, slots.to(topk_ids.dtype).expand(t, -1)], 1)  # [T, k + extra]
-                topk_weights = torch.cat([topk_weights.float(), topk_weights.new_ones(t, self.extra_slots).float()], 1)
                 w13, w2, num_experts = self.w13_all, self.w2_all, self.num_experts + self.extra_slots
             y = get_ops(x.device, self.kernels).fused_moe(
                 x.contiguous(), topk_ids, topk_weights, w13, w2, self.expert_start, num_experts,
@@ -107,6 +105,9 @@ class StackedExperts(nn.Module):
                 return y
             return self.ep.all_reduce(self.tp.all_reduce(y.float())).to(x.dtype)
         act = expert_activation(self.activation)
+        w13, w2, n_loop = self.w13, self.w2, self.num_local
+        if extra and self.extra_slots:  # ids E.. name the extra slots (one shard only)
+            w13, w2, n_loop = self.w13_all, self.w2_all, self.num_local + self.extra_slots
         k = topk_ids.shape[1]
         flat_ids = topk_ids.flatten()  # [T*k]
         order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert
@@ -115,15 +116,15 @@ class StackedExperts(nn.Module):
         counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # one host sync per layer
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
         start = sum(counts[: self.expert_start])
-        for local in range(self.num_local):
+        for local in range(n_loop):
             n = counts[self.expert_start + local]
             if n == 0:
                 continue
             rows = slice(start, start + n)
             start += n
             tokens = token_of[rows]  # [n]
-            h = F.linear(x[tokens], self.w13[local])  # [n, 2I]
+            h = F.linear(x[tokens], w13[local])  # [n, 2I]
             gate, up = h.chunk(2, dim=-1)
-            y = F.linear(act(gate) * up, self.w2[local])  # [n, H]
+            y = F.linear(act(gate) * up, w2[local])  # [n, H]
             out.index_add_(0, tokens, y.float() * weight_of[rows, None])
         return self.ep.all_reduce(self.tp.all_reduce(out)).to(x.dtype)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffulex.kernels.reference.moe_router import append_extra_slots
 from diffulex.layers.linear import default_weight_loader
 
 
@@ -17,7 +18,9 @@ class GroupLimitedSigmoidRouter(nn.Module):
     best ``topk_group`` groups are kept and the top ``top_k`` experts inside them chosen.
     The weights are the *unbiased* scores of the chosen experts, renormalized to sum 1
     when ``top_k > 1``, times ``routed_scaling_factor``. With ``kernels == "triton"`` the
-    selection after the linear layer runs as one fused Triton kernel (same function).
+    router runs as two Triton kernels (split-K fp32 logits, then the fused selection; same
+    function). ``forward(x, extra_slots=X)`` appends X columns of ids ``E ..`` with weight 1
+    (extra slots of the stacked experts that every token uses: LLaDA2's shared expert).
     """
 
     uses_kernels = True
@@ -45,14 +48,15 @@ class GroupLimitedSigmoidRouter(nn.Module):
         self.expert_bias.weight_loader = default_weight_loader
         self.kernels = "torch"
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: [T, H]
-        logits = F.linear(x.float(), self.weight)  # [T, E]
+    def forward(self, x: torch.Tensor, extra_slots: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [T, H] -> ids, weights [T, k + extra_slots]
         if self.kernels != "torch":
             from diffulex.kernels import get_ops
 
-            return get_ops(x.device, self.kernels).group_limited_topk(
-                logits, self.expert_bias, self.top_k, self.n_group, self.topk_group, self.routed_scaling_factor)
+            return get_ops(x.device, self.kernels).moe_route(
+                x, self.weight, self.expert_bias, self.top_k, self.n_group, self.topk_group,
+                self.routed_scaling_factor, extra_slots)
+        logits = F.linear(x.float(), self.weight)  # [T, E]
         scores = torch.sigmoid(logits)  # [T, E]
         biased = scores + self.expert_bias  # [T, E]
         t = x.shape[0]
@@ -65,7 +69,7 @@ class GroupLimitedSigmoidRouter(nn.Module):
         weights = scores.gather(1, topk_ids)  # [T, k]
         if self.top_k > 1:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-        return topk_ids, weights * self.routed_scaling_factor
+        return append_extra_slots(topk_ids, weights * self.routed_scaling_factor, self.num_experts, extra_slots)
 
 
 class SoftmaxTopKRouter(nn.Module):

@@ -1,0 +1,79 @@
+"""Router logits in fp32 as split-K partial sums: ``partials[s] = x[:, K_s] @ W[:, K_s]^T``.
+
+An MoE router's linear layer is tiny (LLaDA2.0-mini: ``[T, 2048] x [256, 2048]^T``) but kept
+in fp32 as the published models compute it. Through cuBLAS it costs a cast of ``x`` and a
+SIMT SGEMM that runs on a handful of SMs (~8 us per layer at T=32 on an H100). Here the
+bf16 ``x`` is read and widened inside the kernel, and the K axis is cut into ``S`` slices so
+the grid ``(T tiles, E tiles, S)`` covers the GPU; the slices' partial logits
+``[S, T, E]`` are summed in a fixed order by the consumer (the group-limited top-k kernel
+loads the ``S`` slices of a row at once), so the result is deterministic and needs no
+atomics or extra launch. The products use fp32 FMA (``input_precision="ieee"``): no TF32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from diffulex.kernels.triton._runtime import next_pow2
+
+MAX_SPLITS = 8  # the top-k kernel loads all slices of a row in one [S, E] tile
+TARGET_PROGRAMS = 128  # about one program per SM of an H100 at batch-1 sizes
+
+
+@triton.jit
+def _router_partial_kernel(
+    x_ptr, w_ptr, part_ptr, T, E, H, stride_xt, stride_we, k_per_split,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)  # [BE]
+    s = tl.program_id(2)
+    t_ok, e_ok = t < T, e < E
+    k_lo = s * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, H)
+    kk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_ok = k0 + kk < k_hi
+        x = tl.load(x_ptr + t[:, None].to(tl.int64) * stride_xt + (k0 + kk)[None, :],
+                    mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)  # [BT, BK]
+        w = tl.load(w_ptr + e[:, None] * stride_we + (k0 + kk)[None, :],
+                    mask=e_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)  # [BE, BK]
+        acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+    out = part_ptr + s.to(tl.int64) * T * E + t[:, None].to(tl.int64) * E + e[None, :]
+    tl.store(out, acc, mask=t_ok[:, None] & e_ok[None, :])
+
+
+def router_tiles(n_tok: int, n_experts: int, hidden: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_T, BLOCK_E, BLOCK_K, splits)``: K is split (at most ``MAX_SPLITS`` ways, whole
+    ``BLOCK_K`` slices) until the grid has about ``TARGET_PROGRAMS`` programs."""
+    block_t = min(64, max(16, next_pow2(n_tok)))
+    block_e = min(32, max(16, next_pow2(n_experts))) if n_tok > 64 else 16
+    block_k = 64
+    tiles = triton.cdiv(n_tok, block_t) * triton.cdiv(n_experts, block_e)
+    splits = max(1, min(MAX_SPLITS, TARGET_PROGRAMS // tiles, triton.cdiv(hidden, block_k)))
+    return block_t, block_e, block_k, 1 << (splits.bit_length() - 1)  # a power of two
+
+
+def router_logit_partials(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None) -> torch.Tensor:
+    """``x: [T, H]`` (any float dtype), ``weight: [E, H]`` -> ``partials [S, T, E]`` fp32, whose sum over
+    ``S`` (in order) is ``F.linear(x.float(), weight.float())``. ``splits`` overrides the heuristic
+    (a power of two <= ``MAX_SPLITS``)."""
+    n_tok, hidden = x.shape
+    n_experts = weight.shape[0]
+    if weight.shape[1] != hidden or x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError(f"router_logit_partials: x {tuple(x.shape)} / weight {tuple(weight.shape)} need the same "
+                         f"hidden size and contiguous rows")
+    block_t, block_e, block_k, auto = router_tiles(n_tok, n_experts, hidden)
+    splits = splits or auto
+    if splits & (splits - 1) or not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"router_logit_partials: splits={splits}, expected a power of two <= {MAX_SPLITS}")
+    k_per_split = triton.cdiv(triton.cdiv(hidden, splits), block_k) * block_k
+    partials = torch.empty(splits, n_tok, n_experts, dtype=torch.float32, device=x.device)
+    if n_tok:
+        grid = (triton.cdiv(n_tok, block_t), triton.cdiv(n_experts, block_e), splits)
+        _router_partial_kernel[grid](x, weight, partials, n_tok, n_experts, hidden, x.stride(0), weight.stride(0),
+                                     k_per_split, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k, num_warps=4)
+    return partials
