@@ -246,14 +246,37 @@ def hbm_bandwidth(device: torch.device) -> float:
 
 
 class StepTimer:
-    """Wraps the engine's forward with CUDA events (GPU) and records the batch's context sizes."""
+    """Wraps the engine's forward with CUDA events (GPU) and records the batch's context sizes.
+
+    With CUDA graphs it also brackets the graphs' ``run`` (static-input copies, graph launches,
+    body) with events: ``graph_s`` is that part of the forward; the rest is the host's input
+    preparation before it (the GPU idles) and the logits after it."""
 
     def __init__(self, engine, cuda: bool) -> None:
         self.engine, self.cuda = engine, cuda
         self.orig = engine._forward
         self.events: list = []
+        self.graph_events: list = []
         self.tokens: list[tuple[int, int]] = []
         engine._forward = self._forward
+        self.graphs = engine.runner.graphs if cuda else None
+        if self.graphs is not None:
+            self.graph_run = self.graphs.run
+            self.graphs.run = self._graph_run
+
+    def _graph_run(self, *args, **kwargs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        out = self.graph_run(*args, **kwargs)
+        b.record()
+        if out is not None:
+            self.graph_events.append((len(self.events), a, b))
+        return out
+
+    def graph_s(self, steps: range) -> float | None:
+        """Median GPU time of the graphed part of the forwards in ``steps`` (None if none replayed)."""
+        times = [a.elapsed_time(b) / 1e3 for i, a, b in self.graph_events if i in steps]
+        return statistics.median(times) if times else None
 
     def _forward(self, reqs, batch):
         meta = batch.meta
@@ -276,6 +299,8 @@ class StepTimer:
 
     def restore(self) -> None:
         self.engine._forward = self.orig
+        if self.graphs is not None:
+            del self.graphs.run  # the instance attribute: the class method again
 
 
 class RouterProbe:
@@ -405,12 +430,13 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     ntok = [t for _, t in timer.tokens[sl]]
     tpf = statistics.mean(decided[sl]) / batch
     return dict(fwd_s=statistics.median(gpu), step_s=statistics.median(walls[sl]), host_s=statistics.median(host),
+                graph_s=timer.graph_s(range(warmup, warmup + measure)),
                 tpf=tpf, u=u, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
                 peak=peak)
 
 
-def profile_steps(engine, args, name: str) -> None:
-    """torch.profiler over 3 decode steps (triton, k=32, batch 1): where the step time goes."""
+def profile_steps(engine, args, name: str, k: int = 32, batch: int = 1) -> None:
+    """torch.profiler over 3 decode steps (triton, schedule k, ``batch`` requests): where the step time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     from diffulex.layers.backend import set_kernel_backend
@@ -418,9 +444,9 @@ def profile_steps(engine, args, name: str) -> None:
 
     engine.runner.kernels = set_kernel_backend(engine.runner.model, "triton", engine.runner.device)
     engine.config.runtime.kernels = type(engine.config.runtime.kernels)("triton")
-    engine.sampler = fixed_k_sampler(32)(engine.config)
-    rid = engine.add_request(list(range(10, 10 + args.prompt_len)),
-                             SamplingParams(temperature=0.0, max_tokens=320, ignore_eos=True))
+    engine.sampler = fixed_k_sampler(k)(engine.config)
+    sp = SamplingParams(temperature=0.0, max_tokens=320, ignore_eos=True)
+    rids = [engine.add_request(list(range(10 + i, 10 + i + args.prompt_len)), sp) for i in range(batch)]
     for _ in range(3):
         engine.step()
     torch.cuda.synchronize()
@@ -428,20 +454,22 @@ def profile_steps(engine, args, name: str) -> None:
         for _ in range(3):
             engine.step()
         torch.cuda.synchronize()
-    engine.abort_request(rid)
-    engine._requests.pop(rid, None)
+    drop_requests(engine, rids)
     ka = prof.key_averages()
     kernels = sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
     cuda_us = sum(e.self_device_time_total for e in ka if e.device_type == torch.autograd.DeviceType.CUDA)
     graphs = engine.runner.graphs
-    text = (f"{name} (CUDA graphs {'on' if graphs is not None else 'off'}): 3 steps, {kernels} GPU kernels ({kernels / 3:.0f} per step), GPU busy "
-            f"{cuda_us / 3e3:.2f} ms per step\n\n"
+    from trace_gaps import gap_report
+
+    gaps = gap_report(prof)
+    text = (f"{name} k={k} batch={batch} (CUDA graphs {'on' if graphs is not None else 'off'}): 3 steps, {kernels} GPU kernels ({kernels / 3:.0f} per step), GPU busy "
+            f"{cuda_us / 3e3:.2f} ms per step\n" + gaps + "\n"
             + ka.table(sort_by="self_cuda_time_total", row_limit=25) + "\n\n"
             + ka.table(sort_by="self_cpu_time_total", row_limit=25))
-    log(text.splitlines()[0])
+    log(text.splitlines()[0] + "\n" + gaps)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"profile_{name}.txt").write_text(text)
+        (Path(args.out) / f"profile_{name}_k{k}_b{batch}.txt").write_text(text)
 
 
 def _free(engine) -> None:
@@ -503,11 +531,12 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
         backends.append("triton+graphs")
     if args.backends:
         wanted = args.backends.split(",")
-        known = {"torch", "triton", "triton+graphs", "triton+graphs-nosplit", "triton+graphs-nofold"}
+        known = {"torch", "triton", "triton+graphs", "triton+graphs-nosplit", "triton+graphs-nofold",
+                 "triton+graphs-oneseg"}
         if set(wanted) - known:
             raise SystemExit(f"benchmark: unknown --backends {sorted(set(wanted) - known)}; choose from {sorted(known)}")
         backends = [b for b in backends if b in wanted]
-        for variant in ("triton+graphs-nosplit", "triton+graphs-nofold"):  # A/B rows, same weights
+        for variant in ("triton+graphs-nosplit", "triton+graphs-nofold", "triton+graphs-oneseg"):  # A/B, same weights
             if cuda and variant in wanted:
                 backends.insert(0, variant)
     t0 = time.perf_counter()
@@ -527,7 +556,9 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"check_{name}.json").write_text(json.dumps(res, indent=1))
     if args.profile and cuda:
-        profile_steps(engine, args, name)
+        for spec in args.profile_rows.split(","):
+            k_p, b_p = (int(v) for v in spec.split("x"))
+            profile_steps(engine, args, name, k_p, b_p)
     if args.only_check:
         _free(engine)
         return
@@ -539,6 +570,7 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     max_splits = importlib.import_module("diffulex.kernels.triton.paged_attention")._MAX_SPLITS if cuda else 0
     llada2_module = importlib.import_module("diffulex.models.llada2")
     fold_max = llada2_module.FOLD_MAX_TOKENS
+    starts = list(graphs.segment_starts) if graphs is not None else []
     for backend in backends:
         kern = backend.split("+")[0]
         engine.runner.kernels = set_kernel_backend(engine.runner.model, kern, dev)
@@ -548,6 +580,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             pa_module = importlib.import_module("diffulex.kernels.triton.paged_attention")
             pa_module._MAX_SPLITS = 0 if backend.endswith("-nosplit") else max_splits  # benchmark-only switches
             llada2_module.FOLD_MAX_TOKENS = 0 if backend.endswith("-nofold") else fold_max
+            if graphs is not None:  # -oneseg: the body as one graph per shape (no segments)
+                graphs.segment_starts = [] if backend.endswith("-oneseg") else starts
             if graphs is not None:
                 graphs.clear()  # captured graphs hold the previous attention variant
         cases = [(args.prompt_len, k, b) for k in ks for b in batches] + \
@@ -568,7 +602,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             rows[(backend, plen, k, b)] = r
             results.append(r)
             log(f"[{name}] {backend:6s} prompt={plen} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f}"
-                f" host {r['host_s']*1e3:6.2f} tpf {r['tpf']:.2f} U {u} floor {floor*1e3:.2f} graphs {r['graphs']}")
+                f" host {r['host_s']*1e3:6.2f} graphed part {(r['graph_s'] or 0)*1e3:6.2f} tpf {r['tpf']:.2f} U {u}"
+                f" floor {floor*1e3:.2f} graphs {r['graphs']}")
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------
@@ -624,10 +659,11 @@ def parse(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
     ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all); "
-                    "triton+graphs-nosplit / -nofold: the same without the split-KV attention / without "
-                    "LLaDA2's shared expert inside the fused MoE (A/B)")
+                    "triton+graphs-nosplit / -nofold / -oneseg: the same without the split-KV attention / "
+                    "without LLaDA2's shared expert inside the fused MoE / with the body as one graph (A/B)")
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton, k=32, batch 1)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton) per --profile-rows")
+    ap.add_argument("--profile-rows", default="32x1", help="comma-separated KxBATCH rows to profile, e.g. 1x1,32x16")
     ap.add_argument("--only-check", action="store_true", help="write, build, --check/--profile, no benchmark rows")
     ap.add_argument("--check", action="store_true", help="also compare torch vs triton bf16 logits (gpu_check)")
     args = ap.parse_args(argv)

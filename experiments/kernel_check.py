@@ -199,15 +199,15 @@ def check_moe(tri, batch: int, gen: torch.Generator) -> None:
     record("router_topk", f"B={batch} T={t}", err, ok and err < 1e-5, t_ref, t_tri, f"{bad_rows} rows differ")
     # The whole router (fp32 logits GEMM + selection, + the shared expert's slot): cuBLAS SGEMM
     # after a cast, then the top-k kernel (the old path) vs split-K logits + top-k over partials.
-    ids_ref, w_ref = REFERENCE_OPS.moe_route(x, router_w, bias, *args, 1)
-    ids, w = tri.moe_route(x, router_w, bias, *args, 1)
-    bad_rows = int((ids != ids_ref).any(-1).sum())
-    same = (ids == ids_ref).all(-1)
-    err = rel_err(w[same], w_ref[same])
-    t_old = bench([lambda: tri.group_limited_topk(F.linear(x.float(), router_w), bias, *args, 1)], iters=100)
-    t_tri = bench([lambda: tri.moe_route(x, router_w, bias, *args, 1)], iters=100)
+    r_ids_ref, r_w_ref = REFERENCE_OPS.moe_route(x, router_w, bias, *args, 1)
+    r_ids, r_w = tri.moe_route(x, router_w, bias, *args, 1)
+    bad_rows = int((r_ids != r_ids_ref).any(-1).sum())
+    same = (r_ids == r_ids_ref).all(-1)
+    err = rel_err(r_w[same], r_w_ref[same])
+    t_old = bench_graph(lambda: tri.group_limited_topk(F.linear(x.float(), router_w), bias, *args, 1))
+    t_tri = bench_graph(lambda: tri.moe_route(x, router_w, bias, *args, 1))
     record("moe_route", f"B={batch} T={t}", err, bad_rows <= max(1, t // 1000) and err < 1e-5, t_old, t_tri,
-           f"{bad_rows} rows differ (ref_ms = cast + cuBLAS fp32 GEMM + top-k)")
+           f"{bad_rows} rows differ (graph-timed; ref_ms = cast + cuBLAS fp32 GEMM + top-k)")
 
     w13 = torch.randn(EXPERTS, 2 * MOE_I, HIDDEN, device=DEV, dtype=DT) * HIDDEN ** -0.5
     w2 = torch.randn(EXPERTS, HIDDEN, MOE_I, device=DEV, dtype=DT) * MOE_I ** -0.5
@@ -278,11 +278,11 @@ def check_elementwise(tri, batch: int, gen: torch.Generator) -> None:
     tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6, cache=(v_of(work), *pages, slots))
     err = max(rel_err(pages[0], ref_pages[0]), rel_err(pages[1], ref_pages[1]))
     record("qk_norm_rope+kv", f"T={n} {HQ}/{HKV}x{HEAD_DIM}", err, err < 5e-3,
-           bench([lambda: (tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6),
-                           tri.store_kvcache(*views(work)[1:], v_of(work), *pages, slots))]),
-           bench([lambda: tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6,
-                                           cache=(v_of(work), *pages, slots))]),
-           "ref_ms = rope kernel + store_kvcache kernel")
+           bench_graph(lambda: (tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6),
+                                tri.store_kvcache(*views(work)[1:], v_of(work), *pages, slots))),
+           bench_graph(lambda: tri.qk_norm_rope(*views(work), pos, cos, sin, qw, kw, 1e-6,
+                                                cache=(v_of(work), *pages, slots))),
+           "graph-timed; ref_ms = rope kernel + store_kvcache kernel")
     gu = torch.randn(n, 2 * 5632, device=DEV, dtype=DT) * 3
     err = rel_err(tri.silu_and_mul(gu), REFERENCE_OPS.silu_and_mul(gu))
     record("silu_and_mul", f"T={n} I=5632", err, err < 5e-3, bench([lambda: REFERENCE_OPS.silu_and_mul(gu)]),

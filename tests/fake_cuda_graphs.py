@@ -27,6 +27,14 @@ class FakeGraph:
         for fn, args, out in self.calls:
             out.copy_(fn(*args))
 
+    # The manual capture API (segmented capture): a call is recorded by the graph capturing
+    # when the recorded forward returns (the last segment); earlier segments replay nothing.
+    def capture_begin(self, pool: Any = None) -> None:
+        FakeGraph.current = self
+
+    def capture_end(self) -> None:
+        FakeGraph.current = None
+
 
 def recording(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Wrap the captured forward: inside a fake capture, remember the call for the replays."""

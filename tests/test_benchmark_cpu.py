@@ -33,3 +33,26 @@ def test_benchmark_tiny_cpu(tmp_path, model):
         assert r["fwd_s"] > 0 and r["step_s"] >= r["fwd_s"] * 0.5
     table = (tmp_path / "out" / "benchmark.md").read_text()
     assert "floor ratio" in table and model in table
+
+
+def test_gap_report_finds_idle_time_between_device_activities(monkeypatch):
+    """The profile's gap report: span, busy and idle time, and the largest gap named by its neighbours
+    (overlapping activities, and CPU-side events, are not idle gaps)."""
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    from trace_gaps import gap_report
+
+    events = [dict(ph="X", cat="kernel", name="a", ts=0, dur=10), dict(ph="X", cat="kernel", name="b", ts=12, dur=8),
+              dict(ph="X", cat="gpu_memcpy", name="copy", ts=15, dur=2),  # inside b: no gap
+              dict(ph="X", cat="cpu_op", name="aten::add", ts=20, dur=300),  # host side: ignored
+              dict(ph="X", cat="kernel", name="sampler", ts=120, dur=5)]
+
+    class Prof:
+        def export_chrome_trace(self, path):
+            with open(path, "w") as f:
+                json.dump({"traceEvents": events}, f)
+
+    text = gap_report(Prof())
+    assert "span 0.12 ms, busy 0.02 ms, idle 0.10 ms in 2 gaps" in text
+    assert "100.0: b -> sampler" in text

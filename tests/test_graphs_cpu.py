@@ -23,7 +23,7 @@ with interpreted():
     pytest.importorskip("triton")
     import diffulex.kernels.triton  # noqa: F401  (decorate the kernels while interpreting)
     from diffulex import Diffulex, SamplingParams
-    from diffulex.layers.graphs import DecodeGraphs
+    from diffulex.layers.graphs import SEGMENT_LAYERS, DecodeGraphs, segment_starts
 
 PROMPTS = [[(5 * i + 3 * j) % 200 + 20 for i in range(n)] for j, n in enumerate((5, 11))]
 KW = dict(dtype="float32", block_size=8, page_size=4, decoding_strategy="multi_bd", enable_prefix_caching=False)
@@ -51,14 +51,19 @@ def test_graph_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, str
             if getattr(module, "uses_kernels", False):
                 module.kernels = ops
         runner.kernels = "triton"  # the runner's switch for graphs (the fake capture tolerates host syncs)
+        layers = runner.model.model.layers
+        starts = segment_starts(layers)
+        assert len(starts) == len(range(1, len(layers), SEGMENT_LAYERS)) >= 1
         graphs = DecodeGraphs(fake_cuda_graphs.recording(runner.graph_forward), runner.device,
-                              max_tokens=1024, max_pages=64)
+                              max_tokens=1024, max_pages=64, segment_starts=starts)
         runner.graphs = graphs
         graphed = _tokens(llm)
         captures, replays = graphs.captures, graphs.replays
         extra_keys = {name for key in graphs.entries for name, _ in key[-1]}  # strategy inputs graphed
+        segments = {len(entry["graphs"]) for entry in graphs.entries.values()}
     assert graphed == eager
     assert captures >= 1 and replays > captures  # the tokens came mostly from replays
+    assert segments == {len(starts) + 1}  # the body was captured as one graph per segment
     expected = {"dmax": {"soft_mask", "soft_ids", "soft_probs", "soft_params"},
                 "diffusion_gemma": {"canvas_mask", "self_conditioning_embeds"}}.get(strategy.get("decoding_strategy"), set())
     assert extra_keys == expected

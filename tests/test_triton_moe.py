@@ -66,8 +66,8 @@ def test_router_partials_sum_to_fp32_logits(t, h, e, splits, dtype):
         router_logit_partials(x, w, 3)
 
 
-@pytest.mark.parametrize("extra", [0, 1, 3])
-def test_moe_route_equals_reference_with_extra_slots(extra):
+@pytest.mark.parametrize("t,extra", [(9, 0), (9, 1), (9, 3), (70, 1)])  # 70 tokens: the cuBLAS-logits path
+def test_moe_route_equals_reference_with_extra_slots(t, extra):
     """Split-K logits + top-k over the partials pick what the reference router picks, and the
     extra columns name ids E.. with weight 1 (the shared expert's slot)."""
     e, n_group, topk_group, top_k, scaling = 64, 8, 4, 8, 2.5
@@ -75,9 +75,9 @@ def test_moe_route_equals_reference_with_extra_slots(extra):
     router = GroupLimitedSigmoidRouter(128, e, top_k, n_group, topk_group, scaling)
     router.weight.data = torch.randn(e, 128, generator=gen) * 0.3
     router.expert_bias.data = torch.randn(e, generator=gen) * 0.1
-    x = torch.randn(9, 128, generator=gen)
+    x = torch.randn(t, 128, generator=gen)
     ids_ref, w_ref = ref.moe_route(x, router.weight, router.expert_bias, top_k, n_group, topk_group, scaling, extra)
-    assert ids_ref.shape == (9, top_k + extra)
+    assert ids_ref.shape == (t, top_k + extra)
     ids_mod, w_mod = router(x, extra_slots=extra)  # the module's own (published) formulation
     assert torch.equal(ids_mod, ids_ref)
     torch.testing.assert_close(w_mod, w_ref)
@@ -85,9 +85,9 @@ def test_moe_route_equals_reference_with_extra_slots(extra):
     assert torch.equal(ids, ids_ref)
     torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
     if extra:
-        assert torch.equal(ids[:, top_k:], torch.arange(e, e + extra).expand(9, -1))
-        assert torch.equal(w[:, top_k:], torch.ones(9, extra))
-    torch.testing.assert_close(w[:, :top_k].sum(1), torch.full((9,), scaling))  # extras not renormalized
+        assert torch.equal(ids[:, top_k:], torch.arange(e, e + extra).expand(t, -1))
+        assert torch.equal(w[:, top_k:], torch.ones(t, extra))
+    torch.testing.assert_close(w[:, :top_k].sum(1), torch.full((t,), scaling))  # extras not renormalized
     router.kernels = "triton"  # the module's Triton path is the same op
     ids_tri, w_tri = router(x, extra_slots=extra)
     assert torch.equal(ids_tri, ids_ref)

@@ -67,15 +67,17 @@ class ModelRunner:
         if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
                 and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
             from ..kernels.triton.paged_attention import SHORT_CONTEXT_KEYS
-            from ..layers.graphs import DecodeGraphs
+            from ..layers.graphs import DecodeGraphs, segment_starts
 
+            layers = getattr(getattr(self.model, "model", None), "layers", None) or []
             self.graphs = DecodeGraphs(
                 self.graph_forward, self.device, max_tokens=self.buckets.max_tokens,
                 max_pages=-(-config.runtime.max_model_len // config.cache.page_size),
                 # Every bucket shape, with and without the optional strategy inputs (e.g.
                 # DiffusionGemma's self-conditioning is absent on a canvas's first step).
                 max_graphs=max(64, 4 * len(self.buckets.shapes())),  # x2 again: short / long page tables
-                short_pages=-(-SHORT_CONTEXT_KEYS // config.cache.page_size))
+                short_pages=-(-SHORT_CONTEXT_KEYS // config.cache.page_size),
+                segment_starts=segment_starts(layers))
 
     # -- construction -----------------------------------------------------------------
     def _pick_device(self) -> torch.device:
