@@ -14,6 +14,9 @@ make confidences meaningless) and per batch size, measures over the decode steps
 warm-up:
 
 - ``fwd_ms``: median CUDA-event time of the forward (model + logits);
+- ``graphed part ms`` (CUDA graphs on): median CUDA-event time of the graphed body (static-input
+  copies, graph launches, replay); ``fwd - graphed`` is the host's input preparation before it
+  (the GPU idles) plus the eager logits after it;
 - ``step_ms``: median wall time of ``engine.step`` (forward + sampling + host work);
 - ``host_ms``: median of (step wall time - forward GPU time): scheduler, batch packing,
   sampling, Python, not hidden behind the GPU;
@@ -615,20 +618,20 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     # -- table ----------------------------------------------------------------------------------
     out_lines.append(f"\n### {name} ({'tiny' if args.tiny else 'real shape'}, random weights), "
                      f"HBM {bw / 1e12:.2f} TB/s measured\n" if bw else f"\n### {name} (tiny, CPU)\n")
-    out_lines.append("| kernels | prompt | k | batch | fwd ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
+    out_lines.append("| kernels | prompt | k | batch | fwd ms | graphed part ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
                      "floor ms | floor ratio | peak GiB | vanilla step ms | speed-up vs vanilla (per step, same k) |")
-    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (backend, plen, k, b), r in rows.items():
         v = vrows.get((k, b)) if plen == args.prompt_len else None
         toks = b * r["tpf"] / r["step_s"]
         u = f"{r['u']:.1f}" if r["u"] is not None else "-"
         ratio = r["fwd_s"] / r["floor_s"] if r["floor_s"] == r["floor_s"] else float("nan")
+        graphed = f"{r['graph_s']*1e3:.2f}" if r.get("graph_s") else "-"
+        vanilla = f"{v['step_s']*1e3:.2f} | {v['step_s']/r['step_s']:.1f}x" if v else "- | -"
         out_lines.append(
-            f"| {backend} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {r['step_s']*1e3:.2f} | "
+            f"| {backend} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {graphed} | {r['step_s']*1e3:.2f} | "
             f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | {u} | "
-            f"{r['bytes']/1e9:.2f} | {r['floor_s']*1e3:.2f} | {ratio:.2f} | {r['peak']/2**30:.1f} | "
-            f"{(v['step_s']*1e3) if v else float('nan'):.2f} | "
-            f"{(v['step_s']/r['step_s']) if v else float('nan'):.1f}x |")
+            f"{r['bytes']/1e9:.2f} | {r['floor_s']*1e3:.2f} | {ratio:.2f} | {r['peak']/2**30:.1f} | {vanilla} |")
     for line in out_lines[-(len(rows) + 3):]:
         print(line, flush=True)
 
