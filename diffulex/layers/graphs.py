@@ -17,11 +17,12 @@ model body is captured; the logits rows (``logits_indices``, which vary with the
 are gathered and projected eagerly afterwards.
 
 Each shape's body is captured as a few graphs in sequence, split where given modules (every
-``SEGMENT_LAYERS``-th decoder layer, see the model runner) start: launching a graph costs the
-host about 1 µs per kernel node (~0.3 ms for a 300-kernel body, measured on an H100) with the
-GPU idle until it is in, so one big graph delays the step's first kernel by all of it. Split,
-only the first, small segment's launch is exposed; the host launches the next ones while the
-GPU runs the earlier ones. The segments share one memory pool and replay in capture order.
+``SEGMENT_LAYERS``-th decoder layer, see the model runner) start. The host's launch of a graph
+grows with its kernel nodes while the GPU, idle between steps, waits for it; split, only the
+first, small segment's launch is exposed, and the host launches the next ones while the GPU
+runs the earlier ones. (On an H100 this saved <= 0.06 ms per step at batch 1; the profiler,
+which traces every node, shows ~0.3 ms per launch of a 300-kernel graph.) The segments share
+one memory pool and replay in capture order.
 
 A shape is captured the first time it is seen (one eager warm-up forward, which writes the
 same KV entries the replay writes again), up to ``max_graphs`` shapes; larger steps, other
@@ -55,7 +56,8 @@ class DecodeGraphs:
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_tokens: int,
                  max_pages: int, max_graphs: int = 64, short_pages: int | None = None,
                  segment_starts: Sequence[torch.nn.Module] = ()) -> None:
-        """``segment_starts``: modules at whose (first) calls during a capture a new graph begins."""
+        """``segment_starts``: modules at whose calls during a capture a new graph begins (at most
+        ``len(segment_starts)`` switches per capture, at the first such calls)."""
         self.forward = forward
         self.segment_starts = list(segment_starts)
         self.device = device
@@ -172,7 +174,6 @@ class DecodeGraphs:
         self.entries[key] = entry
         self.captures += 1
         return warm
-
 
     def _capture_segments(self, body: Callable[[], torch.Tensor], entry: dict) -> list:
         """Capture ``body()`` into ``len(segment_starts) + 1`` graphs (fewer if some start modules are

@@ -109,6 +109,9 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
         v, k_cache, v_cache, slots = cache
         if v.shape != k.shape or v.stride(2) != 1 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
             raise ValueError("qk_norm_rope: cache needs v shaped like k (contiguous last dim) and contiguous caches")
+        if tuple(k_cache.shape[2:]) != (n_kv, head_dim) or v_cache.shape != k_cache.shape:
+            raise ValueError(f"qk_norm_rope: caches {tuple(k_cache.shape)} / {tuple(v_cache.shape)} do not hold "
+                             f"{n_kv} KV heads of dim {head_dim}")
     else:
         v, k_cache, v_cache, slots = k, k, k, positions  # placeholders, never touched
     if n_tok == 0:
