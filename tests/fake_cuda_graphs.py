@@ -1,9 +1,9 @@
 """A stand-in for CUDA graph capture on CPU, to test the static-buffer plumbing of DecodeGraphs.
 
 A real capture records kernels that read and write fixed addresses; a replay reruns them on
-whatever the static buffers then hold. The fake keeps that contract: a forward called inside
-``torch.cuda.graph(g)`` is recorded with its (static) arguments and output tensor, and
-``g.replay()`` reruns it on the same argument objects and copies the result into that same
+whatever the static buffers then hold. The fake keeps that contract: a forward that returns while
+``g`` captures (between ``g.capture_begin()`` and ``g.capture_end()``) is recorded with its (static)
+arguments and output tensor, and ``g.replay()`` reruns it on the same argument objects and copies the result into that same
 output tensor. So a replay sees exactly what the owner copied into the static buffers, and
 anything computed outside the capture (e.g. metadata derived once and cached) goes stale the
 way it would on a GPU.
@@ -22,8 +22,10 @@ class FakeGraph:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable, tuple, torch.Tensor]] = []
+        self.replays = 0
 
     def replay(self) -> None:
+        self.replays += 1
         for fn, args, out in self.calls:
             out.copy_(fn(*args))
 
@@ -48,15 +50,6 @@ def recording(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
     return wrapped
 
 
-@contextlib.contextmanager
-def _capture(graph: FakeGraph, pool: Any = None):
-    FakeGraph.current = graph
-    try:
-        yield
-    finally:
-        FakeGraph.current = None
-
-
 class _Stream:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -68,7 +61,6 @@ class _Stream:
 def install(monkeypatch) -> None:
     """Replace the torch.cuda graph / stream API that DecodeGraphs uses with the fakes."""
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", _capture)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())

@@ -61,6 +61,8 @@ def test_graph_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, str
         captures, replays = graphs.captures, graphs.replays
         extra_keys = {name for key in graphs.entries for name, _ in key[-1]}  # strategy inputs graphed
         segments = {len(entry["graphs"]) for entry in graphs.entries.values()}
+        # every segment of a shape replays as often as the others (in order: DecodeGraphs.run)
+        assert all(len({g.replays for g in entry["graphs"]}) == 1 for entry in graphs.entries.values())
     assert graphed == eager
     assert captures >= 1 and replays > captures  # the tokens came mostly from replays
     assert segments == {len(starts) + 1}  # the body was captured as one graph per segment

@@ -34,7 +34,7 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: AttentionMetadata, kv_cache: KVCache | None, stored: bool = False) -> torch.Tensor:
         # q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq, D]. ``stored``: the caller already wrote
-        # this step's K/V into the cache (``layers.rotary.rope_and_cache``).
+        # this step's K/V into the cache (:func:`rope_then_attend`).
         ops = get_ops(q.device, self.kernels)
         k_cache, v_cache = kv_cache if kv_cache is not None else (None, None)
         if k_cache is not None and not stored:

@@ -44,4 +44,3 @@ class RotaryEmbedding(nn.Module):
             return ops.qk_norm_rope(q, k, positions, self.cos_cache, self.sin_cache, cache=cache)
         return ops.qk_norm_rope(q, k, positions, self.cos_cache, self.sin_cache, q_norm.weight, k_norm.weight,
                                 q_norm.eps, cache=cache)
-
