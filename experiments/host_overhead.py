@@ -46,13 +46,20 @@ from diffulex.sampling_params import SamplingParams  # noqa: E402
 from diffulex.tiny import ensure_tiny_checkpoint  # noqa: E402
 
 PHASES = ("schedule", "pack", "forward", "decide")
+# Inside the runner's forward (--runner-phases): bucket choice and padding, the staging copy, the
+# strategy inputs, the graphs' run (g_run, of which g_fill: the static-input copies) and the logits.
+RUNNER_PHASES = (("buckets", "choose", "choose"), ("buckets", "pad", "pad"), ("stager", "to_device", "stage"),
+                 (None, "graph_extras", "extras"), ("graphs", "run", "g_run"), ("graphs", "_fill", "g_fill"),
+                 ("model", "compute_logits", "logits"))
 
 
 class PhaseTimer:
     """Wraps the phases of ``engine.step`` (instance attributes and the module's pack_batch)."""
 
-    def __init__(self, engine, fake_forward: bool = False, cuda: bool = False, sleep_cycles: int = 0) -> None:
+    def __init__(self, engine, fake_forward: bool = False, cuda: bool = False, sleep_cycles: int = 0,
+                 runner_phases: bool = False) -> None:
         self.engine, self.cuda, self.sleep_cycles = engine, cuda, sleep_cycles
+        self.wrapped: list = []
         self.t: dict[str, float] = {}
         self.events: list = []
         self._orig_pack = engine_mod.pack_batch
@@ -62,6 +69,11 @@ class PhaseTimer:
         self._wrap(engine.runner, "run", "forward")
         self._wrap(engine.sampler, "decide", "decide")
         engine_mod.pack_batch = self._timed("pack", self._orig_pack)
+        if runner_phases:
+            for owner, name, phase in RUNNER_PHASES:
+                obj = engine.runner if owner is None else getattr(engine.runner, owner, None)
+                if obj is not None:
+                    self._wrap(obj, name, phase)
 
     def _timed(self, phase: str, fn):
         def wrapper(*args, **kwargs):
@@ -102,16 +114,17 @@ class PhaseTimer:
 
     def _wrap(self, obj, name: str, phase: str) -> None:
         setattr(obj, name, self._timed(phase, getattr(obj, name)))
+        self.wrapped.append((obj, name))
 
     def restore(self) -> None:
         engine_mod.pack_batch = self._orig_pack
-        for obj, name in ((self.engine.scheduler, "schedule"), (self.engine.runner, "run"),
-                          (self.engine.sampler, "decide")):
+        for obj, name in self.wrapped:
             vars(obj).pop(name, None)
 
 
 def run_row(engine, k: int, batch: int, warmup: int, measure: int, prompt_len: int, profile: bool,
-            fake_forward: bool = False, sampler: str = "fixed", cuda: bool = False, sleep_cycles: int = 0) -> dict:
+            fake_forward: bool = False, sampler: str = "fixed", cuda: bool = False, sleep_cycles: int = 0,
+            runner_phases: bool = False) -> dict:
     """Step ``warmup + measure`` times with ``batch`` fresh requests; medians of the phases (s)."""
     engine.sampler = fixed_k_sampler(k)(engine.config) if sampler == "fixed" else NaiveSampler(engine.config)
     gen = torch.Generator().manual_seed(1000 + batch)
@@ -124,7 +137,7 @@ def run_row(engine, k: int, batch: int, warmup: int, measure: int, prompt_len: i
     for _ in range(batch):
         prompt = torch.randint(10, 200, (prompt_len,), generator=gen).tolist()
         ids.append(engine.add_request([t if t != mask_id else t + 1 for t in prompt], sp))
-    timer = PhaseTimer(engine, fake_forward, cuda, sleep_cycles)
+    timer = PhaseTimer(engine, fake_forward, cuda, sleep_cycles, runner_phases)
     rows: list[dict] = []
     prof = cProfile.Profile() if profile else None
     try:
@@ -139,7 +152,7 @@ def run_row(engine, k: int, batch: int, warmup: int, measure: int, prompt_len: i
             step = time.perf_counter() - t0
             if prof is not None:
                 prof.disable()
-            t = {ph: timer.t.get(ph, 0.0) for ph in PHASES}
+            t = {ph: timer.t.get(ph, 0.0) for ph in PHASES + tuple(p for _, _, p in RUNNER_PHASES)}
             t["step"] = step
             t["apply"] = step - sum(t[ph] for ph in PHASES)
             t["fwd_gpu"] = timer.forward_gpu_s() if cuda else t["forward"]
@@ -185,6 +198,10 @@ def main(argv=None) -> None:
                          "weights: one token per block and step, whatever --ks says)")
     ap.add_argument("--fake-forward", action="store_true",
                     help="random logits instead of the model after the first forward (host-only profiles)")
+    ap.add_argument("--runner-phases", action="store_true",
+                    help="also time the parts of the runner's forward (" + ", ".join(p for _, _, p in RUNNER_PHASES)
+                         + "; host time, not GPU time)")
+    ap.add_argument("--model", default="llada2", help="tiny family to run (default llada2)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--kernels", default=None, help="runtime.kernels (default: torch on CPU, triton on CUDA)")
     ap.add_argument("--graphs", action="store_true", help="CUDA graphs (CUDA only)")
@@ -195,7 +212,7 @@ def main(argv=None) -> None:
     cuda = args.device == "cuda"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = os.environ.get("DIFFULEX_TINY_ROOT") or str(Path(tempfile.gettempdir()) / "diffulex_tiny")
-    path = ensure_tiny_checkpoint("llada2", root=root)
+    path = ensure_tiny_checkpoint(args.model, root=root)
     b_max = max(args.batches)
     kernels = args.kernels or ("triton" if cuda else "torch")
     sleep_cycles = _cycles_per_ms() * args.gpu_ms if cuda and args.gpu_ms > 0 else 0
@@ -206,8 +223,10 @@ def main(argv=None) -> None:
                       max_model_len=512,  # the tiny checkpoint's maximum
                       record_trajectory=args.record_trajectory)
     cols = ("host", "schedule", "pack", "decide", "apply", "forward", "fwd_gpu", "step")
+    if args.runner_phases:
+        cols += tuple(p for _, _, p in RUNNER_PHASES)
     dev = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"multi_bd tiny llada2, {dev}, kernels {kernels}, graphs {cuda and args.graphs}, sampler {args.sampler}, "
+    print(f"multi_bd tiny {args.model}, {dev}, kernels {kernels}, graphs {cuda and args.graphs}, sampler {args.sampler}, "
           f"record_trajectory={args.record_trajectory}, fake_forward={args.fake_forward}, gpu_ms+={args.gpu_ms}; "
           f"median ms per step "
           f"(host = step - forward GPU time)")
@@ -217,7 +236,7 @@ def main(argv=None) -> None:
             for b in args.batches:
                 prof = b in args.profile and (args.k is None or args.k == k)
                 r = run_row(engine, k, b, args.warmup, args.measure, args.prompt_len, prof, args.fake_forward,
-                            args.sampler, cuda, int(sleep_cycles))
+                            args.sampler, cuda, int(sleep_cycles), args.runner_phases)
                 print(f"{k:>3} {b:>5} {r['steps']:>5} " + " ".join(f"{r[c] * 1e3:9.3f}" for c in cols), flush=True)
     finally:
         engine.exit()

@@ -58,15 +58,18 @@ def test_router_partials_sum_to_fp32_logits(t, h, e, splits, dtype):
     gen = torch.Generator().manual_seed(t + h)
     x = torch.randn(t, h, generator=gen).to(dtype)
     w = torch.randn(e, h, generator=gen)
-    partials = router_logit_partials(x, w, splits)
-    assert partials.dtype == torch.float32 and partials.shape[1:] == (t, e)
-    assert splits is None or partials.shape[0] == splits
-    torch.testing.assert_close(partials.sum(0), F.linear(x.float(), w), atol=1e-4, rtol=1e-5)
+    for precision in ("tf32x3", "ieee"):
+        partials = router_logit_partials(x, w, splits, precision=precision)
+        assert partials.dtype == torch.float32 and partials.shape[1:] == (t, e)
+        assert splits is None or partials.shape[0] == splits
+        torch.testing.assert_close(partials.sum(0), F.linear(x.float(), w), atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="power of two"):
         router_logit_partials(x, w, 3)
+    with pytest.raises(ValueError, match="precision"):
+        router_logit_partials(x, w, precision="tf32")
 
 
-@pytest.mark.parametrize("t,extra", [(9, 0), (9, 1), (9, 3), (70, 1)])  # 70 tokens: the cuBLAS-logits path
+@pytest.mark.parametrize("t,extra", [(9, 0), (9, 1), (9, 3), (70, 1)])  # 70 tokens: the mid-size launch
 def test_moe_route_equals_reference_with_extra_slots(t, extra):
     """Split-K logits + top-k over the partials pick what the reference router picks, and the
     extra columns name ids E.. with weight 1 (the shared expert's slot)."""

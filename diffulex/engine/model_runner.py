@@ -162,24 +162,23 @@ class ModelRunner:
         the input embeddings) and any other key, passed to the model's forward as a keyword.
         """
         dev = self.device
-        bucket = None
         if self.graphs is not None and self.kernels == "triton":
             bucket = self.buckets.choose(meta)  # from the host tensors; None: this step runs eagerly
-            if bucket is not None:  # pad to the bucket shape on the host: the same one copy below
-                input_ids, positions, meta = self.buckets.pad(bucket, input_ids, positions, meta)
+            if bucket is not None:
+                static = self.graph_extras(extras, bucket.num_tokens, bucket)
+                if static is not None:
+                    # Padded on the host to the bucket shape; the graphs copy it into their static
+                    # inputs in one host -> device copy (no staging copy first).
+                    out = self.graphs.run(*self.buckets.pad(bucket, input_ids, positions, meta), static)
+                    if out is not None:  # None: this step runs eagerly, unpadded
+                        hidden, rows = out  # [N_b, H]; rows: the real logits rows [M], on the device
+                        logits = self.model.compute_logits(hidden[rows])
+                        return logits if self.parallel.is_driver else None
         # Token ids, positions and every metadata tensor: one host→device copy (HostStager).
         names = [k for k, v in vars(meta).items() if torch.is_tensor(v)]
         moved = self.stager.to_device([input_ids, positions, *(getattr(meta, k) for k in names)])
         input_ids, positions = moved[0], moved[1]
         meta = replace(meta, **dict(zip(names, moved[2:])))
-        if bucket is not None:
-            static = self.graph_extras(extras, bucket.num_tokens, bucket)
-            if static is not None:
-                hidden = self.graphs.run(input_ids, positions, meta, static)  # None: this step runs eagerly
-                if hidden is not None:  # [N_b, H]; logits_indices name real tokens only
-                    logits = self.model.compute_logits(hidden[meta.logits_indices])
-                    return logits if self.parallel.is_driver else None
-            input_ids, positions, meta = self.buckets.unpad(bucket, input_ids, positions, meta)  # views
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
         soft = kwargs.pop("soft_inputs", None)
         if soft is not None:

@@ -3,18 +3,20 @@
 One graph per step shape ``(tokens N, sequences S, scalar metadata)``, as given: the owner
 pads steps to a few bucket shapes first (:class:`~diffulex.layers.graph_buckets.GraphBuckets`:
 ``S`` to an entry of ``runtime.cuda_graph_batch_sizes``, ``N`` to a ladder of block-size
-multiples), so ``max_graphs`` covers every bucket a decode step can take. Every tensor
-input (token ids, positions, each ``AttentionMetadata`` tensor) is copied into a static
-buffer of that shape, except the page table, which is padded (``-1`` beyond a sequence's
-pages) to one of two widths: ``short_pages`` when every sequence of the step fits them, else
-the longest admissible context. So two graphs per shape serve every context length, and
-kernels that choose their launch from the page table's width (the attention's split over
-the key axis, see ``kernels/triton/paged_attention.py``) get the lean launch for short
-contexts.
+multiples), so ``max_graphs`` covers every bucket a decode step can take. The step's inputs
+arrive as HOST tensors: token ids, positions, each ``AttentionMetadata`` tensor and the logits
+rows are written into the shape's :class:`~diffulex.layers.graph_inputs.StaticInputs` (one
+device buffer of typed views, filled by one host-to-device copy; no copy launch per field). The
+page table is padded (``-1`` beyond a sequence's pages) to one of two widths: ``short_pages``
+when every sequence of the step fits them, else the longest admissible context. So two graphs
+per shape serve every context length, and kernels that choose their launch from the page
+table's width (the attention's split over the key axis, see
+``kernels/triton/paged_attention.py``) get the lean launch for short contexts.
 Strategy inputs of a fixed shape per step shape (dmax's soft inputs in their dense form,
-DiffusionGemma's canvas mask and self-conditioning rows) get static buffers too. Only the
-model body is captured; the logits rows (``logits_indices``, which vary with the masks left)
-are gathered and projected eagerly afterwards.
+DiffusionGemma's canvas mask and self-conditioning rows; device tensors) get static buffers
+too, filled by a device copy each. Only the model body is captured; the logits rows
+(``logits_indices``, which vary with the masks left) come back as a device view of the static
+inputs, to be gathered and projected eagerly afterwards.
 
 Each shape's body is captured as a few graphs in sequence, split where given modules (every
 ``SEGMENT_LAYERS``-th decoder layer, see the model runner) start. The host's launch of a graph
@@ -37,6 +39,8 @@ import logging
 from typing import Any, Callable, Sequence
 
 import torch
+
+from .graph_inputs import StaticInputs
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +92,18 @@ class DecodeGraphs:
         return (tuple(input_ids.shape), shapes, scalars, self._pages(meta), extra)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-            extras: dict | None = None) -> torch.Tensor | None:
-        """The hidden states [N, H] of the step (a static buffer: use before the next call), or
-        None when this step runs eagerly. ``extras``: strategy inputs of fixed shape per step
-        shape (tensors get static buffers; other values are part of the graph's key)."""
+            extras: dict | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(hidden [N, H], rows [M])`` of the step, or None when this step runs eagerly.
+
+        ``input_ids``, ``positions`` and ``meta``'s tensors are host tensors (the step as padded by
+        the owner); ``hidden`` is a static buffer (use it before the next call) and ``rows`` the
+        device copy of ``meta.logits_indices`` (a view of the static inputs). ``extras``: strategy
+        inputs of fixed shape per step shape (device tensors get static buffers; other values are
+        part of the graph's key)."""
         extras = extras or {}
         n = input_ids.shape[0]
-        if n == 0 or n > self.max_tokens or meta.page_table.shape[1] > self.max_pages:
+        if (n == 0 or n > self.max_tokens or meta.page_table.shape[1] > self.max_pages
+                or meta.logits_indices.shape[0] > n):
             return None
         try:
             key = self._key(input_ids, meta, extras)
@@ -112,44 +121,48 @@ class DecodeGraphs:
         for graph in entry["graphs"]:
             graph.replay()
         self.replays += 1
-        return entry["out"]
+        return entry["out"], self._rows(entry, meta)
+
+    @staticmethod
+    def _rows(entry: dict, meta: Any) -> torch.Tensor:
+        return entry["inputs"].views["logits_indices"][:meta.logits_indices.shape[0]]
 
     def _fill(self, entry: dict, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
               extras: dict) -> None:
-        entry["ids"].copy_(input_ids, non_blocking=True)
-        entry["pos"].copy_(positions, non_blocking=True)
+        values = {name: getattr(meta, name) for name in entry["tensors"]}
+        values.update(ids=input_ids, pos=positions)
+        entry["inputs"].write(values)  # one host -> device copy
         for name, buf in entry["extras"].items():
             buf.copy_(extras[name], non_blocking=True)
-        for name, buf in entry["tensors"].items():
-            src = getattr(meta, name)
-            if name == "page_table":
-                p = src.shape[1]
-                buf[:, :p].copy_(src, non_blocking=True)
-                if p < buf.shape[1]:
-                    buf[:, p:].fill_(-1)
-            else:
-                buf.copy_(src, non_blocking=True)
 
     def _capture(self, key: Any, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-                 extras: dict) -> torch.Tensor | None:
+                 extras: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
         dev = self.device
-        tensors, fields = {}, {}
+        n = input_ids.shape[0]
+        layout = [("ids", input_ids.dtype, (n,)), ("pos", positions.dtype, (n,))]
+        tensors = []  # meta's tensor fields, in the static inputs
         for name, value in vars(meta).items():
-            if name == "logits_indices":  # not read by the model body; rows vary step to step
-                fields[name] = value[:0].to(dev)
-                continue
             if not torch.is_tensor(value):
-                fields[name] = value
-            elif name == "page_table":
-                tensors[name] = torch.full((value.shape[0], self._pages(meta)), -1, dtype=value.dtype, device=dev)
-            else:
-                tensors[name] = torch.empty(value.shape, dtype=value.dtype, device=dev)
-            if torch.is_tensor(value):
-                fields[name] = tensors[name]
-        entry = {"ids": torch.empty(input_ids.shape, dtype=input_ids.dtype, device=dev),
-                 "pos": torch.empty(positions.shape, dtype=positions.dtype, device=dev), "tensors": tensors,
+                continue
+            shape = tuple(value.shape)
+            if name == "page_table":
+                shape = (shape[0], self._pages(meta))
+            elif name == "logits_indices":  # M <= N rows; not read by the model body
+                shape = (n,)
+            layout.append((name, value.dtype, shape))
+            tensors.append(name)
+        try:
+            inputs = StaticInputs(layout, dev, fill={"page_table": -1})
+        except ValueError as exc:  # a dtype numpy lacks: run this shape eagerly
+            logger.warning("step shape %s cannot be graphed, running it eagerly: %s", key, exc)
+            self.entries[key] = _FAILED
+            return None
+        fields = {name: (inputs.views[name] if torch.is_tensor(value) else value) for name, value in vars(meta).items()}
+        fields["logits_indices"] = inputs.views["logits_indices"][:0]
+        entry = {"inputs": inputs, "tensors": tensors,
                  "extras": {k: torch.empty(v.shape, dtype=v.dtype, device=dev)
                             for k, v in extras.items() if torch.is_tensor(v)}}
+        ids, pos = inputs.views["ids"], inputs.views["pos"]
         static_meta = type(meta)(**fields)
         static_extras = {k: entry["extras"].get(k, v) for k, v in extras.items()}
         self._fill(entry, input_ids, positions, meta, extras)
@@ -157,13 +170,12 @@ class DecodeGraphs:
             side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
-                warm = self.forward(entry["ids"], entry["pos"], static_meta, static_extras)  # compiles; a valid result
+                warm = self.forward(ids, pos, static_meta, static_extras)  # compiles; a valid result
             torch.cuda.current_stream(dev).wait_stream(side)
             warm = warm.clone()
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            graphs = self._capture_segments(lambda: self.forward(entry["ids"], entry["pos"], static_meta,
-                                                                 static_extras), entry)
+            graphs = self._capture_segments(lambda: self.forward(ids, pos, static_meta, static_extras), entry)
         except Exception as exc:  # e.g. a host sync inside the forward: run this shape eagerly
             logger.warning("CUDA graph capture failed for step shape %s, running it eagerly: %s", key, exc)
             self.entries[key] = _FAILED
@@ -173,7 +185,7 @@ class DecodeGraphs:
         entry["meta"] = static_meta
         self.entries[key] = entry
         self.captures += 1
-        return warm
+        return warm, self._rows(entry, meta)
 
     def _capture_segments(self, body: Callable[[], torch.Tensor], entry: dict) -> list:
         """Capture ``body()`` into ``len(segment_starts) + 1`` graphs (fewer if some start modules are

@@ -25,7 +25,6 @@ import triton.language as tl
 from diffulex.kernels.triton._runtime import next_pow2
 from diffulex.kernels.triton.router_gemm import router_logit_partials
 
-SPLIT_K_MAX_TOKENS = 64  # router GEMMs up to this many tokens use the split-K kernel (batch 1-2 blocks)
 
 
 @triton.jit
@@ -123,11 +122,7 @@ def moe_route(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor, 
               topk_group: int, routed_scaling_factor: float, extra_slots: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole router: fp32 logits of ``x [T, H]`` against ``weight [E, H]``, then
-    :func:`group_limited_topk`. Up to ``SPLIT_K_MAX_TOKENS`` tokens the logits are split-K
-    partials (``router_gemm``: no cast, the whole GPU on a tiny GEMM) summed by the top-k kernel;
-    larger steps are compute-bound there, and cuBLAS's SGEMM is faster."""
-    if x.shape[0] > SPLIT_K_MAX_TOKENS:
-        return group_limited_topk(torch.nn.functional.linear(x.float(), weight), expert_bias, top_k, n_group,
-                                  topk_group, routed_scaling_factor, extra_slots)
+    :func:`group_limited_topk`. The logits are split-K partials (``router_gemm``: no cast, 3xTF32
+    on the tensor cores, the whole GPU on a tiny GEMM) summed by the top-k kernel."""
     partials = router_logit_partials(x, weight)  # [S, T, E]
     return group_limited_topk(partials, expert_bias, top_k, n_group, topk_group, routed_scaling_factor, extra_slots)
