@@ -17,7 +17,7 @@ from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autous
 with interpreted():  # triton and the kernels read the setting at import: keep it on then
     pytest.importorskip("triton")
     from diffulex.kernels import reference as ref
-    from diffulex.kernels.triton.fused_moe import fused_moe
+    from diffulex.kernels.triton.fused_moe import fused_moe, sum_assignments
     from diffulex.kernels.triton.moe_align import ONE_PROGRAM_MAX, moe_align, moe_align_torch
     from diffulex.kernels.triton.moe_router import group_limited_topk, moe_route
     from diffulex.kernels.triton.router_gemm import router_logit_partials
@@ -213,3 +213,22 @@ def test_moe_align_equals_torch_formulation(t, k, e, start, num_experts, block_m
     key = torch.where((flat >= 0) & (flat < e), flat, e)
     assert sorted(order.tolist()) == list(range(t * k))  # a permutation of the assignments
     assert torch.equal(key[order], key[r_order])  # grouped exactly like the stable sort
+
+
+@pytest.mark.parametrize("t,k,h,dtype", [(3, 9, 40, torch.bfloat16), (5, 2, 1030, torch.float32), (0, 4, 8, torch.bfloat16)])
+def test_sum_assignments_equals_an_ordered_fp32_sum(t, k, h, dtype):
+    """The per-assignment outputs ``[T, k, H]`` summed in fp32 in slot order and rounded once: exactly
+    that sequence, and torch's ``.sum(1)`` within one rounding (H = 1030: a second, mostly masked H tile)."""
+    gen = torch.Generator().manual_seed(t * 100 + k)
+    per_assign = torch.randn(t, k, h, generator=gen).to(dtype)
+    out = sum_assignments(per_assign)
+    assert out.dtype == dtype and out.shape == (t, h)
+    acc = torch.zeros(t, h)
+    for j in range(k):
+        acc += per_assign[:, j].float()
+    if dtype == torch.float32:
+        assert torch.equal(out, acc)
+    else:  # one rounding of the fp32 sum (the interpreter's bf16 cast truncates: within one ulp)
+        torch.testing.assert_close(out.float(), acc, atol=0, rtol=2 ** -7)
+    torch.testing.assert_close(out, per_assign.sum(1))
+    assert torch.equal(sum_assignments(per_assign, torch_sum=True), per_assign.sum(1))

@@ -120,6 +120,36 @@ def _gate_up_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int,
     return min(64, max(16, next_pow2(inter_size))), min(64, max(16, next_pow2(hidden))), 8, 3
 
 
+@triton.jit
+def _sum_k_kernel(src_ptr, out_ptr, H, K: tl.constexpr, BLOCK_H: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
+    ok = h < H
+    acc = tl.zeros([BLOCK_H], tl.float32)
+    for j in tl.static_range(K):  # in order j = 0 .. K-1, fp32
+        acc += tl.load(src_ptr + (t * K + j) * H + h, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * H + h, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+SUM_BLOCK_H = 1024
+
+
+def sum_assignments(per_assign: torch.Tensor, torch_sum: bool = False) -> torch.Tensor:
+    """``[T, k, H]`` -> ``[T, H]``: each token's weighted expert outputs summed in fp32, in slot order,
+    rounded once (``per_assign.sum(1)``'s values; ``experiments/moe_small_tune.py``, H100, k=9,
+    H=2048: 2.1 vs 3.2 us at 32 tokens, 4.2 vs 7.8 at 512, 30.5 vs 38.4 at 2,048, identical
+    results). ``torch_sum``: torch's reduction (A/B)."""
+    if torch_sum:
+        return per_assign.sum(1)
+    n_tok, top_k, hidden = per_assign.shape
+    out = torch.empty(n_tok, hidden, dtype=per_assign.dtype, device=per_assign.device)
+    if n_tok:
+        block_h = min(SUM_BLOCK_H, next_pow2(hidden))
+        _sum_k_kernel[(n_tok, triton.cdiv(hidden, block_h))](per_assign.contiguous(), out, hidden, K=top_k,
+                                                              BLOCK_H=block_h, num_warps=4)
+    return out
+
+
 def fused_moe(
     x: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -178,4 +208,4 @@ def fused_moe(
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
         BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
     )
-    return per_assign.sum(1)  # [T, H]; fp32 accumulation inside torch's reduction
+    return sum_assignments(per_assign)  # [T, H]
