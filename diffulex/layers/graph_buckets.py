@@ -4,7 +4,8 @@ A captured graph serves one step shape: ``N`` query tokens in ``S`` sequences (p
 strategy inputs' shapes). Decode steps come in many shapes (d2f / buffered blocks, prompts
 of different lengths, requests finishing at different times), so graphs of exact shapes
 would be many and rarely reused. :class:`GraphBuckets` pads a step, on the host before its
-one host→device copy (:class:`~diffulex.layers.staging.HostStager`), to a bucket shape:
+one host→device copy (into the graph's :class:`~diffulex.layers.graph_inputs.StaticInputs`),
+to a bucket shape:
 
 - sequences: ``S -> S_b``, the smallest entry of ``runtime.cuda_graph_batch_sizes`` that is
   ``>= S`` (``>= S + 1`` when tokens are padded: the pad tokens need a sequence of their own);
@@ -32,7 +33,8 @@ What the padding looks like (real rows first, so the real step is a prefix of ev
 
 Only steps that look like decode steps are bucketed: at most ``max_seq_tokens`` query tokens
 per sequence (a longer one is a prompt being prefilled), ``S_b`` within the bucket list and
-``N_b <= max_tokens``; any other step runs eagerly, unpadded. The checks read the host copy of
+``N_b <= max_tokens``; any other step (and any step the graphs decline) runs eagerly, unpadded,
+through the runner's staging copy. The checks read the host copy of
 ``cu_seqlens_q`` (no GPU sync); steps whose metadata is already on the device are not bucketed.
 """
 
