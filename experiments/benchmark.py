@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from diffulex.engine.batch import host_to_device  # noqa: E402
-from diffulex.sampling.base import Decision, Sampler  # noqa: E402
+from diffulex.engine.batch import host_to_device, rows_on  # noqa: E402
+from diffulex.sampling.base import Decision, Sampler, fills_per_request  # noqa: E402
 from diffulex.sampling.select import select_tokens  # noqa: E402
 
 # -- model shapes ------------------------------------------------------------------------------
@@ -217,12 +217,12 @@ class FixedKSampler(Sampler):
         start = torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)).cummax(0).values
         rank = before - before[start]
         rows = order[(m == 1) & (rank < self.k)]
-        rows_dev = host_to_device(rows, dev)  # non-blocking: no wait for the forward here
-        picked = torch.stack([tokens[rows_dev].double(), conf[rows_dev].double()], 1).tolist()  # one host sync
-        out = [Decision() for _ in reqs]
-        for r, p, (tok, c) in zip(batch.row_request[rows].tolist(), batch.row_position[rows].tolist(), picked):
-            out[r].fills.append((p, int(tok), c))
-        return out
+        take = torch.zeros(n, dtype=torch.bool)
+        take[rows] = True  # [M] the rows accepted this step
+        db = rows_on(batch, dev)  # non-blocking copies: no wait for the forward here
+        # The engine samplers' own grouping (one host transfer, no Python loop per row).
+        fills = fills_per_request(len(reqs), host_to_device(take, dev), db.row_request, db.row_position, tokens, conf)
+        return [Decision(fills=f) for f in fills]
 
 
 def fixed_k_sampler(k: int) -> type:

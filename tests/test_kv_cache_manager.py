@@ -204,6 +204,25 @@ def test_commit_is_idempotent_and_keeps_existing_mapping():
     mgr.check_invariants()
 
 
+def test_commit_resumes_the_chain_after_anonymous_duplicates():
+    """A table whose first pages duplicate another table's (so they stay anonymous) keys its own
+    later pages under the content's chain, step after step (commit resumes after the table's last
+    keyed page): a later prompt matches the first table's pages, then this one's."""
+    mgr = make(num_pages=8, page_size=4, block_size=4)
+    tokens = list(range(8))
+    table = run_request(mgr, tokens)
+    longer = tokens + [50, 51, 52, 53, 60, 61, 62, 63]
+    twin: list[int] = []
+    assert mgr.allocate(twin, 16)
+    mgr.commit(twin, longer, 8)  # same content as table's pages: no new keys
+    assert all(p not in mgr._page_to_key for p in twin)
+    mgr.commit(twin, longer, 12)  # page 2: new content, chained on the duplicates' keys
+    mgr.commit(twin, longer, 16)  # page 3: resumes after page 2
+    pages, n = mgr.match_prefix(longer, 16)
+    assert n == 16 and pages == table + twin[2:4]
+    mgr.check_invariants()
+
+
 def test_slots():
     mgr = make(page_size=4)
     table = [3, 0, 2]

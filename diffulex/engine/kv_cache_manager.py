@@ -189,17 +189,20 @@ class KVCacheManager:
                 f"commit of {num_committed_tokens} tokens needs {num_full} pages but the "
                 f"page table has {len(page_table)}; allocate before writing KV"
             )
-        key = namespace  # see match_prefix
-        for i in range(num_full):
+        # Resume after the last page of this table that already has a key: a keyed page in this
+        # table was hashed from these same tokens, so its key is the chain up to it (a step
+        # usually adds at most one page; walking the table from 0 costs O(pages) per step).
+        start, key = 0, namespace  # see match_prefix
+        for i in range(num_full - 1, -1, -1):
+            known = self._page_to_key.get(page_table[i])
+            if known is not None:
+                start, key = i + 1, known
+                break
+        for i in range(start, num_full):
             end = self._key_end(i)
             if end > num_committed_tokens:
                 break  # the rest of this page's block is not final yet
             page = page_table[i]
-            known = self._page_to_key.get(page)
-            # A keyed page in this table was hashed from these same tokens: reuse it.
-            if known is not None:
-                key = known
-                continue
             key = _chain_hash(key, token_ids[i * self.page_size : end])
             if key not in self._key_to_page:
                 self._key_to_page[key] = page

@@ -152,15 +152,16 @@ class BlockRequest(Request):
         """Commit leading blocks that have no mask left; stop on EOS or length."""
         while self.inflight and self.masks_in(self.inflight[0]) == 0 and self.inflight[0] not in self.refining:
             b = self.inflight.pop(0)
-            block_end = self.block_span(b)[1]
-            generated = self.canvas[self.num_prompt_tokens:min(block_end, self.target_end)]
-            if not self.sampling_params.ignore_eos and not eos_ids.isdisjoint(generated):  # C-speed test first
-                for i, t in enumerate(generated):
-                    if t in eos_ids:
-                        self._stop(generated[: i + 1], "eos")
+            block_start, block_end = self.block_span(b)
+            # Only this block's generated tokens: the blocks before it were checked when committed.
+            lo, hi = max(block_start, self.num_prompt_tokens), min(block_end, self.target_end)
+            if not self.sampling_params.ignore_eos and not eos_ids.isdisjoint(self.canvas[lo:hi]):  # C speed first
+                for i in range(lo, hi):
+                    if self.canvas[i] in eos_ids:
+                        self._stop(self.canvas[self.num_prompt_tokens:i + 1], "eos")
                         return
             if block_end >= self.target_end:
-                self._stop(generated, "length")
+                self._stop(self.canvas[self.num_prompt_tokens:hi], "length")
                 return
             if not self.inflight:
                 self._open_block(b + 1)
