@@ -69,6 +69,17 @@ def test_router_partials_sum_to_fp32_logits(t, h, e, splits, dtype):
         router_logit_partials(x, w, precision="tf32")
 
 
+def test_router_partials_split_count_follows_the_launch_tiles():
+    """Without ``splits`` the K axis is cut for the tiles actually launched (a tuning override of the
+    tiles included): here 2 T x E tiles and 8 K slices of 32 -> 8 splits, against 4 for K slices of 64."""
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(9, 256, generator=gen), torch.randn(24, 256, generator=gen)
+    assert router_logit_partials(x, w).shape[0] == 4
+    partials = router_logit_partials(x, w, tiles=(16, 16, 32))
+    assert partials.shape[0] == 8
+    torch.testing.assert_close(partials.sum(0), F.linear(x, w), atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("t,extra", [(9, 0), (9, 1), (9, 3), (70, 1)])  # 70 tokens: the mid-size launch
 def test_moe_route_equals_reference_with_extra_slots(t, extra):
     """Split-K logits + top-k over the partials pick what the reference router picks, and the

@@ -54,21 +54,22 @@ def _router_partial_kernel(
     tl.store(out, acc, mask=t_ok[:, None] & e_ok[None, :])
 
 
-def router_tiles(n_tok: int, n_experts: int, hidden: int) -> tuple[int, int, int, int, int]:
-    """``(BLOCK_T, BLOCK_E, BLOCK_K, splits, num_warps)``: tiles by step size (the best launches of
-    ``experiments/router_tune.py`` on an H100 at LLaDA2.0-mini's 256 x 2048), then K is split (at
-    most ``MAX_SPLITS`` ways, whole ``BLOCK_K`` slices) until the grid has about
-    ``TARGET_PROGRAMS`` programs."""
+def router_tiles(n_tok: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_T, BLOCK_E, BLOCK_K, num_warps)`` by step size: the best launches of
+    ``experiments/router_tune.py`` on an H100 at LLaDA2.0-mini's 256 x 2048."""
     if n_tok <= 64:  # decode steps of one or two blocks
-        block_t, block_e, warps = min(64, max(16, next_pow2(n_tok))), 16, 4
-    elif n_tok <= 1024:
-        block_t, block_e, warps = 64, 32, 4
-    else:
-        block_t, block_e, warps = 128, 64, 8
-    block_k = 64
+        return min(64, max(16, next_pow2(n_tok))), 16, 64, 4
+    if n_tok <= 1024:
+        return 64, 32, 64, 4
+    return 128, 64, 64, 8
+
+
+def router_splits(n_tok: int, n_experts: int, hidden: int, block_t: int, block_e: int, block_k: int) -> int:
+    """K slices for a launch of these tiles: split (at most ``MAX_SPLITS`` ways, whole ``BLOCK_K``
+    slices) until the grid has about ``TARGET_PROGRAMS`` programs; a power of two."""
     tiles = triton.cdiv(n_tok, block_t) * triton.cdiv(n_experts, block_e)
     splits = max(1, min(MAX_SPLITS, TARGET_PROGRAMS // tiles, triton.cdiv(hidden, block_k)))
-    return block_t, block_e, block_k, 1 << (splits.bit_length() - 1), warps  # splits: a power of two
+    return 1 << (splits.bit_length() - 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,11 +99,11 @@ def router_logit_partials(x: torch.Tensor, weight: torch.Tensor, splits: int | N
     if weight.shape[1] != hidden or x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError(f"router_logit_partials: x {tuple(x.shape)} / weight {tuple(weight.shape)} need the same "
                          f"hidden size and contiguous rows")
-    block_t, block_e, block_k, auto, warps = router_tiles(n_tok, n_experts, hidden)
+    block_t, block_e, block_k, warps = router_tiles(n_tok)
     num_warps = num_warps or warps
     if tiles is not None:
         block_t, block_e, block_k = tiles
-    splits = splits or auto
+    splits = splits or router_splits(n_tok, n_experts, hidden, block_t, block_e, block_k)
     if splits & (splits - 1) or not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"router_logit_partials: splits={splits}, expected a power of two <= {MAX_SPLITS}")
     k_per_split = triton.cdiv(triton.cdiv(hidden, splits), block_k) * block_k
