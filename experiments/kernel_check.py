@@ -238,8 +238,15 @@ def check_greedy(tri, batch: int, gen: torch.Generator) -> None:
     ok = torch.equal(tok, tok_ref) and err < 1e-4
     t_ref = bench([lambda s=s: REFERENCE_OPS.greedy_confidence(s, forbidden) for s in sets])
     t_tri = bench([lambda s=s: tri.greedy_confidence(s, forbidden) for s in sets])
-    record("greedy_confidence", f"B={batch} M={m}", err, ok, t_ref, t_tri,
-           f"{m * VOCAB * 2 / t_tri / 1e6:.0f} GB/s")
+    note = f"{m * VOCAB * 2 / t_tri / 1e6:.0f} GB/s"
+    if tri.greedy_confidence is not REFERENCE_OPS.greedy_confidence:  # vocabulary slices vs one pass per row
+        from diffulex.kernels.triton.greedy_confidence import greedy_confidence as tri_greedy
+
+        ok = ok and torch.equal(tri_greedy(logits, forbidden, splits=1)[0], tok)
+        x32 = logits.float()  # the engine's logits are fp32; graph-timed (the eager times above include the launch)
+        note += (f"; fp32 graph-timed {bench_graph(lambda: tri_greedy(x32, forbidden)) * 1e3:.1f} us, one pass "
+                 f"per row {bench_graph(lambda: tri_greedy(x32, forbidden, splits=1)) * 1e3:.1f} us")
+    record("greedy_confidence", f"B={batch} M={m}", err, ok, t_ref, t_tri, note)
 
 
 def check_elementwise(tri, batch: int, gen: torch.Generator) -> None:

@@ -69,10 +69,12 @@ def test_matches_reference_in_every_mode(mode, softcap):
     q, k_new, v_new, k_cache, v_cache, meta, _ = build(CASES[mode], gen)
     ref.store_kvcache(k_new, v_new, k_cache, v_cache, meta.slot_mapping)
     expected = ref.paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale=0.7, softcap=softcap)
-    # one token per tile, tiles that straddle block-causal blocks; unsplit and split key axis
-    for block_q, splits in ((None, None), (1, 0), (3, 0), (3, 3)):
+    # one token per tile, tiles that straddle block-causal blocks; unsplit and split key axis; a
+    # 16-key tile (the launch overrides of experiments/attention_tune.py)
+    for block_q, splits, launch in ((None, None, {}), (1, 0, {}), (3, 0, {}), (3, 3, {}),
+                                    (3, 3, dict(block_n=16, num_warps=2, num_stages=3)), (None, 0, dict(block_n=16))):
         out = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, scale=0.7, softcap=softcap,
-                              block_q=block_q, splits=splits)
+                              block_q=block_q, splits=splits, **launch)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 

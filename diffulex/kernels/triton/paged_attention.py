@@ -35,13 +35,11 @@ contiguous last dim, as do q/k/v.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import is_interpreting, next_pow2
+from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, sm_count
 from diffulex.layers.attention_metadata import AttentionMetadata
 
 LOG2E = 1.4426950408889634
@@ -245,24 +243,15 @@ _MAX_SPLITS = 16
 # Contexts shorter than this many keys never split (two shares of two 64-key tiles): CUDA graphs
 # give such steps a page table this short (layers/graphs.py), so their launch has no split axis.
 SHORT_CONTEXT_KEYS = 256
-@lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132  # the interpreter: behave as on an H100
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _num_splits(programs: int, max_keys: int, block_n: int, min_split_tiles: int, device: torch.device) -> int:
     """Cache splits per block from shapes only: 0 (none) when the unsplit grid fills the SMs or
     the page table cannot hold a context of ``min_split_tiles`` tiles (the shortest that splits),
     else enough for about two waves, at most one per cached key tile the page table can hold."""
-    if programs >= _sm_count(device) or max_keys <= min_split_tiles * block_n:
+    if programs >= sm_count(device) or max_keys <= min_split_tiles * block_n:
         return 0
-    want = min(-(-2 * _sm_count(device) // max(programs, 1)), -(-max_keys // block_n), _MAX_SPLITS)
+    want = min(-(-2 * sm_count(device) // max(programs, 1)), -(-max_keys // block_n), _MAX_SPLITS)
     return want if want >= 2 else 0
 
 
@@ -278,13 +267,17 @@ def paged_attention(
     block_q: int | None = None,
     splits: int | None = None,
     tiles_per_split: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """``q: [N, Hq, D]``, ``k_new, v_new: [N, Hkv, D]``, caches ``[P, page, Hkv, D]`` or None -> ``[N, Hq, D]``.
 
     ``block_q`` (query tokens per program) overrides the shape heuristic; BLOCK_Q x G is padded to >= 16.
     ``splits`` (cache splits per block, 0 = none) overrides the split heuristic; it applies only with a cache,
     and on device only to blocks of sequences whose context gives at least two shares of ``tiles_per_split``
-    key tiles (default: ``SHORT_CONTEXT_KEYS`` keys of context at least).
+    key tiles (default: ``SHORT_CONTEXT_KEYS`` keys of context at least). ``block_n`` (keys per
+    tile), ``num_warps`` and ``num_stages`` override the launch (``experiments/attention_tune.py``).
     """
     n_tok, n_q_heads, head_dim = q.shape
     n_kv_heads = k_new.shape[1]
@@ -305,7 +298,7 @@ def paged_attention(
     g_pad, d_pad = next_pow2(group), max(16, next_pow2(head_dim))
     block_q = max(block_q or _block_q(n_tok, n_kv_heads, g_pad, d_pad), triton.cdiv(16, g_pad))  # tl.dot: M >= 16
     # Gathered K/V tiles carry a 64-bit pointer per element: larger tiles spill (sm_90, 8 warps).
-    block_n = 64 if block_q * g_pad * d_pad <= 32 * 128 else 32
+    block_n = block_n or (64 if block_q * g_pad * d_pad <= 32 * 128 else 32)
     memo = getattr(meta, "memo", None)  # per forward (AttentionMetadata.for_forward): shared by the layers
     key = ("paged_attention.query_blocks", block_q)
     if memo is not None and key in memo:
@@ -346,6 +339,6 @@ def paged_attention(
         PAGE_SIZE=meta.page_size, G=group, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_N=block_n,
         HEAD_DIM=head_dim, D_PAD=d_pad, HAS_CACHE=has_cache, SOFTCAP=softcap is not None,
         FP32_DOT=is_interpreting() or q.dtype == torch.float32, SPLITS=splits, TILES_PER_SPLIT=tiles_per_split,
-        num_warps=8 if d_pad >= 128 else 4, num_stages=2,
+        num_warps=num_warps or (8 if d_pad >= 128 else 4), num_stages=num_stages or 2,
     )
     return out
