@@ -535,11 +535,12 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     if args.backends:
         wanted = args.backends.split(",")
         known = {"torch", "triton", "triton+graphs", "triton+graphs-nosplit", "triton+graphs-nofold",
-                 "triton+graphs-oneseg"}
+                 "triton+graphs-oneseg", "triton+graphs-nopdl"}
         if set(wanted) - known:
             raise SystemExit(f"benchmark: unknown --backends {sorted(set(wanted) - known)}; choose from {sorted(known)}")
         backends = [b for b in backends if b in wanted]
-        for variant in ("triton+graphs-nosplit", "triton+graphs-nofold", "triton+graphs-oneseg"):  # A/B, same weights
+        for variant in ("triton+graphs-nosplit", "triton+graphs-nofold", "triton+graphs-oneseg",
+                        "triton+graphs-nopdl"):  # A/B, same weights
             if cuda and variant in wanted:
                 backends.insert(0, variant)
     t0 = time.perf_counter()
@@ -583,6 +584,10 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             pa_module = importlib.import_module("diffulex.kernels.triton.paged_attention")
             pa_module._MAX_SPLITS = 0 if backend.endswith("-nosplit") else max_splits  # benchmark-only switches
             llada2_module.FOLD_MAX_TOKENS = 0 if backend.endswith("-nofold") else fold_max
+            if backend.endswith("-nopdl"):  # plain launches instead of programmatic dependent launch
+                os.environ["DIFFULEX_PDL"] = "0"
+            else:
+                os.environ.pop("DIFFULEX_PDL", None)
             if graphs is not None:  # -oneseg: the body as one graph per shape (no segments)
                 graphs.segment_starts = [] if backend.endswith("-oneseg") else starts
             if graphs is not None:
@@ -662,8 +667,9 @@ def parse(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
     ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all); "
-                    "triton+graphs-nosplit / -nofold / -oneseg: the same without the split-KV attention / "
-                    "without LLaDA2's shared expert inside the fused MoE / with the body as one graph (A/B)")
+                    "triton+graphs-nosplit / -nofold / -oneseg / -nopdl: the same without the split-KV attention / "
+                    "without LLaDA2's shared expert inside the fused MoE / with the body as one graph / with plain kernel "
+                    "launches instead of programmatic dependent launch (A/B)")
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton) per --profile-rows")
     ap.add_argument("--profile-rows", default="32x1", help="comma-separated KxBATCH rows to profile, e.g. 1x1,32x16")

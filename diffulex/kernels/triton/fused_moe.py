@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from diffulex.kernels.triton.moe_align import moe_align
-from diffulex.kernels.triton._runtime import is_interpreting, next_pow2
+from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, pdl_enter, pdl_kwargs
 
 
 @triton.jit
@@ -39,8 +39,9 @@ def _gate_up_kernel(
     x_ptr, w13_ptr, inter_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
     stride_xt, stride_we, stride_wn, num_local, H, I,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr,
+    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     blk = tl.program_id(0)
     e = tl.load(blk_expert_ptr + blk)
     if e >= num_local:
@@ -80,8 +81,9 @@ def _gate_up_kernel(
 def _down_kernel(
     inter_ptr, w2_ptr, out_ptr, weights_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
     stride_we, stride_wn, num_local, H, I,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     blk = tl.program_id(0)
     e = tl.load(blk_expert_ptr + blk)
     if e >= num_local:
@@ -121,7 +123,8 @@ def _gate_up_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int,
 
 
 @triton.jit
-def _sum_k_kernel(src_ptr, out_ptr, H, K: tl.constexpr, BLOCK_H: tl.constexpr):
+def _sum_k_kernel(src_ptr, out_ptr, H, K: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
     ok = h < H
@@ -146,7 +149,7 @@ def sum_assignments(per_assign: torch.Tensor, torch_sum: bool = False) -> torch.
     if n_tok:
         block_h = min(SUM_BLOCK_H, next_pow2(hidden))
         _sum_k_kernel[(n_tok, triton.cdiv(hidden, block_h))](per_assign.contiguous(), out, hidden, K=top_k,
-                                                              BLOCK_H=block_h, num_warps=4)
+                                                              BLOCK_H=block_h, num_warps=4, **pdl_kwargs(out.device))
     return out
 
 
@@ -197,7 +200,7 @@ def fused_moe(
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
         x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size,
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, GELU_TANH=activation == "gelu_tanh",
-        num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
@@ -206,6 +209,6 @@ def fused_moe(
     _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
     )
     return sum_assignments(per_assign)  # [T, H]

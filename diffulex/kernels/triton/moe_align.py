@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 
 
 def moe_align_torch(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start: int = 0):
@@ -55,9 +55,11 @@ def _expert_key(ids_ptr, offs, mask, expert_start, NUM_LOCAL: tl.constexpr, E_PA
 
 @triton.jit
 def _moe_plan_kernel(ids_ptr, scratch_ptr, counts_ptr, n_assign, expert_start,
-                     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+                     NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+                     PDL: tl.constexpr):
     """One program: per-bin counts, first rows and row-block ranges -> ``scratch [4, E_PAD]`` int32
     (0: the scatter cursor = first row, 1: first row, 2: end of the expert's row blocks, 3: its block count)."""
+    pdl_enter(PDL)
     counts = tl.zeros([E_PAD], dtype=tl.int32)
     for c0 in range(0, n_assign, CHUNK):
         offs = c0 + tl.arange(0, CHUNK)
@@ -78,8 +80,9 @@ def _moe_plan_kernel(ids_ptr, scratch_ptr, counts_ptr, n_assign, expert_start,
 def _moe_fill_kernel(ids_ptr, scratch_ptr, counts_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
                      n_assign, n_blocks_total, expert_start,
                      NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, BLOCK: tl.constexpr, B_CHUNK: tl.constexpr,
-                     BLOCK_M: tl.constexpr):
+                     BLOCK_M: tl.constexpr, PDL: tl.constexpr):
     """Each program places ``BLOCK`` assignments (atomic cursor per expert) and fills ``B_CHUNK`` block-table rows."""
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_assign
@@ -104,9 +107,10 @@ def _moe_fill_kernel(ids_ptr, scratch_ptr, counts_ptr, order_ptr, blk_expert_ptr
 def _moe_align_one_kernel(ids_ptr, scratch_ptr, counts_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
                           n_assign, n_blocks_total, expert_start,
                           NUM_LOCAL: tl.constexpr, E_PAD: tl.constexpr, A_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                          B_CHUNK: tl.constexpr):
+                          B_CHUNK: tl.constexpr, PDL: tl.constexpr):
     """All of ``moe_align`` in one program (``n_assign <= A_PAD``): histogram, prefix sums, placement
     (atomic cursor per expert in ``scratch [E_PAD]``), then each expert writes its own block rows."""
+    pdl_enter(PDL)
     offs = tl.arange(0, A_PAD)
     mask = offs < n_assign
     key = _expert_key(ids_ptr, offs, mask, expert_start, NUM_LOCAL, E_PAD)  # [A_PAD]
@@ -164,13 +168,13 @@ def moe_align(topk_ids: torch.Tensor, num_local: int, block_m: int, expert_start
         _moe_align_one_kernel[(1,)](ids, scratch, counts, order, blk_expert, blk_row0, blk_row_end, n_assign,
                                     n_blocks_total, expert_start, NUM_LOCAL=num_local, E_PAD=e_pad,
                                     A_PAD=max(16, next_pow2(n_assign)), BLOCK_M=block_m, B_CHUNK=256,
-                                    num_warps=num_warps)
+                                    num_warps=num_warps, **pdl_kwargs(dev))
         return order, blk_expert, blk_row0, blk_row_end, counts
     _moe_plan_kernel[(1,)](ids, scratch, counts, n_assign, expert_start, NUM_LOCAL=num_local, E_PAD=e_pad,
-                           CHUNK=1024, BLOCK_M=block_m, num_warps=8)
+                           CHUNK=1024, BLOCK_M=block_m, num_warps=8, **pdl_kwargs(dev))
     block, b_chunk = 256, 16
     grid = max(triton.cdiv(n_assign, block), triton.cdiv(n_blocks_total, b_chunk))
     _moe_fill_kernel[(grid,)](ids, scratch, counts, order, blk_expert, blk_row0, blk_row_end, n_assign,
                               n_blocks_total, expert_start, NUM_LOCAL=num_local, E_PAD=e_pad, BLOCK=block,
-                              B_CHUNK=b_chunk, BLOCK_M=block_m, num_warps=4)
+                              B_CHUNK=b_chunk, BLOCK_M=block_m, num_warps=4, **pdl_kwargs(dev))
     return order, blk_expert, blk_row0, blk_row_end, counts

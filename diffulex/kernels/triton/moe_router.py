@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 from diffulex.kernels.triton.router_gemm import router_logit_partials
 
 def topk_warps(n_tok: int) -> int:
@@ -38,8 +38,9 @@ def _group_limited_topk_kernel(
     logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_ls, stride_lt, scaling,
     E: tl.constexpr, N_GROUP: tl.constexpr, NG_PAD: tl.constexpr, GROUP_SIZE: tl.constexpr,
     GS_PAD: tl.constexpr, TOPK_GROUP: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr,
-    SPLITS: tl.constexpr, EXTRA: tl.constexpr, X_PAD: tl.constexpr,
+    SPLITS: tl.constexpr, EXTRA: tl.constexpr, X_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     t = tl.program_id(0)
     grp = tl.arange(0, NG_PAD)  # [G]
     col = tl.arange(0, GS_PAD)  # [C]
@@ -121,7 +122,7 @@ def group_limited_topk(
         float(routed_scaling_factor), E=n_experts, N_GROUP=n_group, NG_PAD=next_pow2(n_group), GROUP_SIZE=group_size,
         GS_PAD=next_pow2(group_size), TOPK_GROUP=topk_group, TOP_K=top_k, K_PAD=next_pow2(top_k),
         SPLITS=splits, EXTRA=extra_slots, X_PAD=next_pow2(extra_slots),
-        num_warps=num_warps or topk_warps(n_tok),
+        num_warps=num_warps or topk_warps(n_tok), **pdl_kwargs(logits.device),
     )
     return ids, weights
 

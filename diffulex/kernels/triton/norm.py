@@ -11,15 +11,16 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro, hidden, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
@@ -55,7 +56,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         _rms_norm_kernel[(rows,)](
             x2, r2, weight, out, res_out, x2.stride(0), r2.stride(0), out.stride(0), res_out.stride(0),
             hidden, float(eps), HAS_RESIDUAL=residual is not None, BLOCK=block,
-            num_warps=8 if block >= 2048 else 4,
+            num_warps=8 if block >= 2048 else 4, **pdl_kwargs(x.device),
         )
     out = out.view(shape)
     return out if residual is None else (out, res_out.view(shape))

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, sm_count
+from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, pdl_enter, pdl_kwargs, sm_count
 from diffulex.layers.attention_metadata import AttentionMetadata
 
 LOG2E = 1.4426950408889634
@@ -104,8 +104,9 @@ def _paged_attention_kernel(
     PAGE_SIZE: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     HAS_CACHE: tl.constexpr, SOFTCAP: tl.constexpr, FP32_DOT: tl.constexpr,
-    SPLITS: tl.constexpr, TILES_PER_SPLIT: tl.constexpr,
+    SPLITS: tl.constexpr, TILES_PER_SPLIT: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     # SPLITS == 0: one program per (block, KV head) does all keys and writes o. SPLITS > 0:
     # axis 2 has SPLITS + 1 programs per (block, KV head). A block whose sequence's context
     # has T tiles splits into E = min(SPLITS, T // TILES_PER_SPLIT) shares when E >= 2:
@@ -339,6 +340,6 @@ def paged_attention(
         PAGE_SIZE=meta.page_size, G=group, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_N=block_n,
         HEAD_DIM=head_dim, D_PAD=d_pad, HAS_CACHE=has_cache, SOFTCAP=softcap is not None,
         FP32_DOT=is_interpreting() or q.dtype == torch.float32, SPLITS=splits, TILES_PER_SPLIT=tiles_per_split,
-        num_warps=num_warps or (8 if d_pad >= 128 else 4), num_stages=num_stages or 2,
+        num_warps=num_warps or (8 if d_pad >= 128 else 4), num_stages=num_stages or 2, **pdl_kwargs(q.device),
     )
     return out

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 
 
 @triton.jit
@@ -24,8 +24,9 @@ def _qk_norm_rope_kernel(
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, eps,
     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
     PASS: tl.constexpr, PASS_PAD: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NORM: tl.constexpr,
-    STORE: tl.constexpr, D_PAD: tl.constexpr,
+    STORE: tl.constexpr, D_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     tok = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     q_blocks = (HQ + BLOCK_H - 1) // BLOCK_H
@@ -126,6 +127,6 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
         k.stride(1), v.stride(0), v.stride(1), float(eps),
         HQ=n_q, HKV=n_kv, HEAD_DIM=head_dim, HALF=half, HALF_PAD=next_pow2(half), PASS=pass_dim,
         PASS_PAD=next_pow2(max(pass_dim, 1)), BLOCK_H=block_h, HAS_NORM=has_norm, STORE=cache is not None,
-        D_PAD=next_pow2(head_dim), num_warps=4,
+        D_PAD=next_pow2(head_dim), num_warps=4, **pdl_kwargs(q.device),
     )
     return q, k

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 
 MAX_SPLITS = 8  # the top-k kernel loads all slices of a row in one [S, E] tile
 TARGET_PROGRAMS = 128  # about one program per SM of an H100 at batch-1 sizes
@@ -33,8 +33,9 @@ TARGET_PROGRAMS = 128  # about one program per SM of an H100 at batch-1 sizes
 @triton.jit
 def _router_partial_kernel(
     x_ptr, w_ptr, part_ptr, T, E, H, stride_xt, stride_we, k_per_split,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)  # [BE]
     s = tl.program_id(2)
@@ -112,5 +113,6 @@ def router_logit_partials(x: torch.Tensor, weight: torch.Tensor, splits: int | N
         grid = (triton.cdiv(n_tok, block_t), triton.cdiv(n_experts, block_e), splits)
         _router_partial_kernel[grid](x, weight, partials, n_tok, n_experts, hidden, x.stride(0), weight.stride(0),
                                      k_per_split, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=block_k,
-                                     PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
+                                     PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+                                     **pdl_kwargs(x.device))
     return partials

@@ -12,15 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-from diffulex.kernels.triton._runtime import next_pow2
+from diffulex.kernels.triton._runtime import next_pow2, pdl_enter, pdl_kwargs
 
 
 @triton.jit
 def _store_kvcache_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kn, stride_kh, stride_vn, stride_vh,
-    HEAD_DIM: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     tok = tl.program_id(0)
     slot = tl.load(slot_ptr + tok)
     if slot < 0:
@@ -54,5 +55,5 @@ def store_kvcache(
     _store_kvcache_kernel[(n_tok,)](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        HEAD_DIM=head_dim, NUM_KV_HEADS=n_kv_heads, BLOCK=next_pow2(n_kv_heads * head_dim),
+        HEAD_DIM=head_dim, NUM_KV_HEADS=n_kv_heads, BLOCK=next_pow2(n_kv_heads * head_dim), **pdl_kwargs(k.device),
     )
