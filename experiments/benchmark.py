@@ -668,8 +668,8 @@ def parse(argv=None):
     ap.add_argument("--no-graphs", dest="graphs", action="store_false", help="no triton+graphs rows")
     ap.add_argument("--backends", default=None, help="subset of torch,triton,triton+graphs (default: all); "
                     "triton+graphs-nosplit / -nofold / -oneseg / -nopdl: the same without the split-KV attention / "
-                    "without LLaDA2's shared expert inside the fused MoE / with the body as one graph / with plain kernel "
-                    "launches instead of programmatic dependent launch (A/B)")
+                    "without LLaDA2's shared expert inside the fused MoE / with the body as one graph / "
+                    "with plain kernel launches instead of programmatic dependent launch (A/B)")
     ap.add_argument("--no-vanilla", dest="vanilla", action="store_false", help="skip the vanilla baseline rows")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of 3 decode steps (triton) per --profile-rows")
     ap.add_argument("--profile-rows", default="32x1", help="comma-separated KxBATCH rows to profile, e.g. 1x1,32x16")

@@ -209,6 +209,7 @@ def fused_moe(
     _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(x.device),
     )
     return sum_assignments(per_assign)  # [T, H]
