@@ -574,6 +574,7 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     max_splits = importlib.import_module("diffulex.kernels.triton.paged_attention")._MAX_SPLITS if cuda else 0
     llada2_module = importlib.import_module("diffulex.models.llada2")
     fold_max = llada2_module.FOLD_MAX_TOKENS
+    user_pdl = os.environ.get("DIFFULEX_PDL")
     starts = list(graphs.segment_starts) if graphs is not None else []
     for backend in backends:
         kern = backend.split("+")[0]
@@ -586,8 +587,10 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             llada2_module.FOLD_MAX_TOKENS = 0 if backend.endswith("-nofold") else fold_max
             if backend.endswith("-nopdl"):  # plain launches instead of programmatic dependent launch
                 os.environ["DIFFULEX_PDL"] = "0"
-            else:
+            elif user_pdl is None:
                 os.environ.pop("DIFFULEX_PDL", None)
+            else:  # the caller's own setting holds for the other variants
+                os.environ["DIFFULEX_PDL"] = user_pdl
             if graphs is not None:  # -oneseg: the body as one graph per shape (no segments)
                 graphs.segment_starts = [] if backend.endswith("-oneseg") else starts
             if graphs is not None:
