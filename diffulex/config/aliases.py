@@ -13,6 +13,7 @@ FLAT_ALIASES: dict[str, str] = {
     "mask_token_id": "model.mask_token_id",
     "dtype": "model.dtype",
     "tiny": "model.tiny",
+    "trained": "model.trained",
     # strategy (decoding_strategy picks the strategy class)
     "decoding_strategy": "strategy.name",
     "block_size": "strategy.block_size",

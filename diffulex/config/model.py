@@ -22,6 +22,9 @@ class ModelConfig:
     # Write (once) and use the project's own tiny checkpoint of this family instead of a
     # downloaded one; `path`, when set, says where to write it. None: use `path`.
     tiny: Optional[str] = None
+    # With `tiny`: the shipped trained tiny model of that family (llada2, llada, sdar; trained on
+    # arithmetic, docs/models.md) instead of random weights.
+    trained: bool = False
     # Weight dtype. auto: bfloat16 on CUDA, float32 on CPU.
     dtype: DType = DType.AUTO
     # Mask token id. None: the tokenizer's mask token, else the HF config's mask_token_id.
@@ -30,6 +33,10 @@ class ModelConfig:
 
     def validate(self) -> None:
         self.dtype = coerce_enum(DType, "model.dtype", self.dtype)
+        if not isinstance(self.trained, bool) or (self.trained and self.tiny is None):
+            from .errors import config_error
+            raise config_error("model.trained", self.trained, "a bool, true only together with model.tiny",
+                               "set model.tiny to the family whose trained tiny model you want")
         if self.mask_token_id is not None and (isinstance(self.mask_token_id, bool)
                                                or not isinstance(self.mask_token_id, int)
                                                or self.mask_token_id < 0):

@@ -78,14 +78,19 @@ def triton_ops() -> KernelOps:
     )
 
 
-def get_ops(device: torch.device | str, backend: KernelBackend | str = KernelBackend.TORCH) -> KernelOps:
+def get_ops(device: torch.device | str, backend: KernelBackend | str | KernelOps = KernelBackend.TORCH) -> KernelOps:
     """Return the ops for tensors on ``device`` under ``backend`` ("torch", "triton" or "auto").
+
+    A ``KernelOps`` bundle given as ``backend`` is returned as it is (the training code's
+    differentiable attention, ``diffulex.train.attention``).
 
     ``auto`` and ``triton`` give the Triton ops on CUDA; ``auto`` gives the reference ops
     elsewhere, and ``triton`` off CUDA is an error. The default, ``torch``, keeps the
     reference ops until the engine passes its configured backend. Under ``TRITON_INTERPRET=1``
     ``triton`` also gives the Triton ops on CPU (slow; how the tests run them).
     """
+    if isinstance(backend, KernelOps):
+        return backend
     device = torch.device(device)  # rejects malformed device strings
     try:
         backend = KernelBackend(backend)

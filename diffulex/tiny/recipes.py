@@ -7,15 +7,18 @@ checkpoints (see ``/work/shared/MODELS.md``); sizes are tiny.
 from __future__ import annotations
 
 from diffulex.tiny.hf_configs import REMOTE_CONFIGS
+from diffulex.tiny.sizes import DEFAULT_SIZE, TinySize
 from diffulex.tiny.tokenizer import TokenizerSpec
 
 TINY_FAMILIES: tuple[str, ...] = (
     "llada2", "llada", "dream", "sdar", "sdar_moe", "fast_dllm_v2", "diffusion_gemma",
 )
 
-# Shared tiny sizes.
-HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, MAX_POS = 64, 4, 2, 16, 128, 2, 512
-EXPERTS, TOP_K, MOE_INTER = 8, 2, 32
+# Shared tiny sizes of the random-weight checkpoints (trained ones pass their own TinySize).
+_D = DEFAULT_SIZE
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS, MAX_POS = (
+    _D.hidden, _D.heads, _D.kv_heads, _D.head_dim, _D.inter, _D.layers, _D.max_pos)
+EXPERTS, TOP_K, MOE_INTER = _D.experts, _D.top_k, _D.moe_inter
 
 _QWEN_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -81,35 +84,38 @@ def _auto_map(family: str, model_module: str, *classes: tuple[str, str]) -> dict
     return out
 
 
-def _qwen_fields(vocab: int) -> dict:
+def _qwen_fields(vocab: int, s: TinySize) -> dict:
     return {
-        "vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": INTER,
-        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "hidden_act": "silu", "max_position_embeddings": MAX_POS, "rms_norm_eps": 1e-6,
+        "vocab_size": vocab, "hidden_size": s.hidden, "intermediate_size": s.inter,
+        "num_hidden_layers": s.layers, "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
+        "hidden_act": "silu", "max_position_embeddings": s.max_pos, "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0, "initializer_range": 0.02,
         "use_cache": False, "use_sliding_window": False, "sliding_window": None,
-        "max_window_layers": LAYERS, "attention_dropout": 0.0, "tie_word_embeddings": False,
+        "max_window_layers": s.layers, "attention_dropout": 0.0, "tie_word_embeddings": False,
         "torch_dtype": "float32",
     }
 
 
-def config_json(family: str) -> dict:
-    """config.json contents for a remote-code family (diffusion_gemma is built by transformers)."""
-    tok = TOKENIZERS[family]
+def config_json(family: str, size: TinySize = DEFAULT_SIZE, tok: TokenizerSpec | None = None) -> dict:
+    """config.json contents for a remote-code family (diffusion_gemma is built by transformers).
+
+    ``size``: widths and depths; ``tok``: the tokenizer it goes with (default: the family's)."""
+    tok = tok or TOKENIZERS[family]
     vocab = padded_vocab(tok.vocab_len)
+    s = size
     if family == "llada2":
         return {
             "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
             "auto_map": _auto_map(family, "modeling_llada2_moe", ("AutoModel", "LLaDA2MoeModel"),
                                   ("AutoModelForCausalLM", "LLaDA2MoeModelLM")),
-            "vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": INTER,
-            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-            "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "hidden_act": "silu",
-            "max_position_embeddings": MAX_POS, "rms_norm_eps": 1e-6, "rope_theta": 600000.0,
+            "vocab_size": vocab, "hidden_size": s.hidden, "intermediate_size": s.inter,
+            "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+            "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim, "hidden_act": "silu",
+            "max_position_embeddings": s.max_pos, "rms_norm_eps": 1e-6, "rope_theta": 600000.0,
             "partial_rotary_factor": 0.5, "use_qk_norm": True,
-            "use_qkv_bias": False, "use_bias": False, "num_experts": EXPERTS,
-            "num_experts_per_tok": TOP_K, "num_shared_experts": 1,
-            "moe_intermediate_size": MOE_INTER, "first_k_dense_replace": 1, "n_group": 4,
+            "use_qkv_bias": False, "use_bias": False, "num_experts": s.experts,
+            "num_experts_per_tok": s.top_k, "num_shared_experts": 1,
+            "moe_intermediate_size": s.moe_inter, "first_k_dense_replace": 1, "n_group": 4,
             "topk_group": 2, "routed_scaling_factor": 2.5, "score_function": "sigmoid",
             "norm_topk_prob": True, "moe_router_enable_expert_bias": True, "router_dtype": "fp32",
             "output_router_logits": False, "initializer_range": 0.02, "use_cache": False,
@@ -121,8 +127,8 @@ def config_json(family: str) -> dict:
             "architectures": ["LLaDAModelLM"], "model_type": "llada",
             "auto_map": _auto_map(family, "modeling_llada", ("AutoModel", "LLaDAModelLM"),
                                   ("AutoModelForCausalLM", "LLaDAModelLM")),
-            "d_model": HIDDEN, "n_heads": HEADS, "n_kv_heads": KV_HEADS, "n_layers": LAYERS,
-            "mlp_hidden_size": INTER, "mlp_ratio": 2, "max_sequence_length": MAX_POS,
+            "d_model": s.hidden, "n_heads": s.heads, "n_kv_heads": s.kv_heads, "n_layers": s.layers,
+            "mlp_hidden_size": s.inter, "mlp_ratio": 2, "max_sequence_length": s.max_pos,
             "vocab_size": vocab, "embedding_size": vocab, "rope": True, "rope_theta": 500000.0,
             "include_bias": False, "include_qkv_bias": False, "weight_tying": False,
             "layer_norm_type": "rms", "rms_norm_eps": 1e-5, "activation_type": "silu",
@@ -138,7 +144,7 @@ def config_json(family: str) -> dict:
         return {
             "architectures": ["DreamModel"], "model_type": "Dream",
             "auto_map": _auto_map(family, "modeling_dream", ("AutoModel", "DreamModel")),
-            **_qwen_fields(vocab),
+            **_qwen_fields(vocab, s),
             "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
             "mask_token_id": tok.role_id("mask_token"),
         }
@@ -150,13 +156,13 @@ def config_json(family: str) -> dict:
             "architectures": [f"{prefix}ForCausalLM"], "model_type": family,
             "auto_map": _auto_map(family, module, ("AutoModel", f"{prefix}Model"),
                                   ("AutoModelForCausalLM", f"{prefix}ForCausalLM")),
-            **_qwen_fields(vocab), "head_dim": HEAD_DIM, "attention_bias": False,
+            **_qwen_fields(vocab, s), "head_dim": s.head_dim, "attention_bias": False,
             "bos_token_id": tok.token_id("<|endoftext|>"), "eos_token_id": tok.role_id("eos_token"),
             "block_size": 4,
         }
         if moe:
-            out.update({"num_experts": EXPERTS, "num_experts_per_tok": TOP_K,
-                        "moe_intermediate_size": MOE_INTER, "decoder_sparse_step": 1,
+            out.update({"num_experts": s.experts, "num_experts_per_tok": s.top_k,
+                        "moe_intermediate_size": s.moe_inter, "decoder_sparse_step": 1,
                         "mlp_only_layers": [], "norm_topk_prob": True,
                         "output_router_logits": False, "router_aux_loss_coef": 0.001})
         return out
@@ -165,16 +171,16 @@ def config_json(family: str) -> dict:
             "architectures": ["Fast_dLLM_QwenForCausalLM"], "model_type": "Fast_dLLM_Qwen",
             "auto_map": _auto_map(family, "modeling", ("AutoModel", "Fast_dLLM_QwenModel"),
                                   ("AutoModelForCausalLM", "Fast_dLLM_QwenForCausalLM")),
-            **_qwen_fields(vocab),
+            **_qwen_fields(vocab, s),
             "bos_token_id": tok.token_id("<|endoftext|>"), "eos_token_id": tok.role_id("eos_token"),
             "mask_token_id": tok.role_id("mask_token"), "bd_size": 32,
         }
     raise ValueError(f"no config.json recipe for family {family!r}")
 
 
-def generation_config_json(family: str) -> dict | None:
+def generation_config_json(family: str, tok: TokenizerSpec | None = None) -> dict | None:
     """generation_config.json contents where the real checkpoint ships one (else None)."""
-    tok = TOKENIZERS[family]
+    tok = tok or TOKENIZERS[family]
     if family in ("sdar", "sdar_moe"):
         # SDAR stops on both <|im_end|> and <|endoftext|>.
         eot = tok.token_id("<|endoftext|>")

@@ -19,6 +19,8 @@ _MERGES: tuple[tuple[str, str], ...] = (
     ("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"),
     ("o", "l"), ("1", "2"), ("3", "0"), ("Ġ", "+"),
 )
+# The same minus the digit merges (the trained tiny models' tokenizers).
+WORD_MERGES: tuple[tuple[str, str], ...] = tuple(m for m in _MERGES if not any(c.isdigit() for c in m[0] + m[1]))
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class TokenizerSpec:
     specials: tuple[str, ...]
     roles: dict[str, str] = field(default_factory=dict)
     chat_template: str = ""
+    # BPE merges after the byte tokens. The trained models use merges without digits, so
+    # every digit of a number is one token (arithmetic answers have one length per value).
+    merges: tuple[tuple[str, str], ...] = _MERGES
 
     def token_id(self, token: str) -> int:
         """Id of a special token (its index in ``specials``)."""
@@ -45,7 +50,7 @@ class TokenizerSpec:
     @property
     def vocab_len(self) -> int:
         """Number of tokens the tokenizer has (specials + bytes + merges)."""
-        return len(self.specials) + 256 + len(_MERGES)
+        return len(self.specials) + 256 + len(self.merges)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -67,9 +72,9 @@ def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(spec.specials)}
     for b, ch in sorted(_bytes_to_unicode().items()):
         vocab[ch] = len(vocab)
-    for left, right in _MERGES:
+    for left, right in spec.merges:
         vocab[left + right] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(_MERGES)))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(spec.merges)))
     # No prefix space, so decode(encode(s)) == s exactly.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

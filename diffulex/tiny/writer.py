@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from diffulex.tiny.hf_configs import REMOTE_CONFIGS, config_module_source
 from diffulex.tiny.recipes import TINY_FAMILIES, TOKENIZERS, config_json, generation_config_json
-from diffulex.tiny.tokenizer import write_tokenizer
+from diffulex.tiny.sizes import DEFAULT_SIZE, TinySize
+from diffulex.tiny.tokenizer import TokenizerSpec, write_tokenizer
 from diffulex.tiny.weights import family_generator, init_tensors, tensor_specs
 
 SHARDED_FAMILIES = {"llada2": 2}  # family -> number of shards (real checkpoints are sharded)
@@ -65,21 +66,32 @@ def write_tiny_checkpoint(family: str, out_dir, seed: int = 0) -> Path:
     """
     _check_family(family)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = TOKENIZERS[family]
-    write_tokenizer(tok, out)
     if family == "diffusion_gemma":
         from diffulex.tiny.gemma import write_diffusion_gemma
 
+        out.mkdir(parents=True, exist_ok=True)
+        write_tokenizer(TOKENIZERS[family], out)
         write_diffusion_gemma(out, seed)
         return out
-    config = config_json(family)
-    _dump_json(out / "config.json", config)
+    vocab = config_json(family)["vocab_size"]
+    tensors = init_tensors(tensor_specs(family, vocab), family_generator(family, seed))
+    return write_checkpoint(family, out, tensors)
+
+
+def write_checkpoint(family: str, out_dir, tensors: dict[str, torch.Tensor], size: TinySize = DEFAULT_SIZE,
+                     tok: TokenizerSpec | None = None) -> Path:
+    """Write ``tensors`` (real checkpoint names) as a ``family`` checkpoint of ``size`` with tokenizer
+    ``tok`` (default: the family's): config.json, its configuration module, generation_config.json
+    where the real checkpoint has one, tokenizer files, safetensors (sharded like the real one)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tok or TOKENIZERS[family]
+    write_tokenizer(tok, out)
+    _dump_json(out / "config.json", config_json(family, size, tok))
     (out / f"{REMOTE_CONFIGS[family].module}.py").write_text(config_module_source(family))
-    generation = generation_config_json(family)
+    generation = generation_config_json(family, tok)
     if generation is not None:
         _dump_json(out / "generation_config.json", generation)
-    tensors = init_tensors(tensor_specs(family, config["vocab_size"]), family_generator(family, seed))
     _save_weights(tensors, out, SHARDED_FAMILIES.get(family, 1))
     return out
 
@@ -90,14 +102,19 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else _DEFAULT_ROOT.expanduser()
 
 
-def ensure_tiny_checkpoint(family: str, root=None) -> Path:
-    """Return ``root/<family>``, writing it (seed 0) the first time.
+def ensure_tiny_checkpoint(family: str, root=None, trained: bool = False) -> Path:
+    """Return ``root/<family>``, writing it (seed 0) the first time; with ``trained=True`` the
+    shipped trained checkpoint of ``family`` (``diffulex/tiny/trained/``, read in place).
 
     Writes into a temporary sibling directory and renames it into place, so a
     concurrent process either sees no directory or a complete one; the loser of a
     rename race discards its copy.
     """
     _check_family(family)
+    if trained:
+        from diffulex.tiny.shipped import trained_checkpoint
+
+        return trained_checkpoint(family)
     root = Path(root).expanduser() if root is not None else default_root()
     target = root / family
     if (target / "config.json").is_file():
