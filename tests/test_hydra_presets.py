@@ -24,7 +24,7 @@ from diffulex.config import (CacheConfig, Config, D2FStrategyConfig, DiffusionGe
                              ModelConfig, MultiBDStrategyConfig, ParallelConfig, RuntimeConfig,
                              SamplingConfig, VanillaStrategyConfig)
 from diffulex.integrations.hydra_store import config_from_hydra, register_configs
-from diffulex.tiny import TINY_FAMILIES
+from diffulex.tiny import TINY_FAMILIES, ensure_tiny_checkpoint, trained_families
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -80,7 +80,8 @@ def _no_env_model_root(monkeypatch):
 
 def test_every_preset_directory_is_covered():
     """A new preset file is picked up by the parametrized test below; real models need a stand-in."""
-    assert set(presets("model")) == {f"tiny_{f}" for f in TINY_FAMILIES} | set(REAL_MODEL_FAMILY)
+    assert set(presets("model")) == ({f"tiny_{f}" for f in TINY_FAMILIES} | set(REAL_MODEL_FAMILY)
+                                     | {f"trained_{f}" for f in trained_families()})
     assert set(presets("strategy")) == set(STRATEGY_CLASS)
 
 
@@ -108,8 +109,10 @@ def test_preset_validates_into_config(compose_cfg, model_root, group, preset, tm
     if group == "strategy":
         assert type(config.strategy) is STRATEGY_CLASS[preset]
     if group == "model":
-        family = REAL_MODEL_FAMILY.get(preset) or preset.removeprefix("tiny_")
+        family = REAL_MODEL_FAMILY.get(preset) or preset.removeprefix("tiny_").removeprefix("trained_")
         assert config.family == family
+        if preset.startswith("trained_"):  # the shipped directory, read in place
+            assert config.model.path == str(ensure_tiny_checkpoint(family, trained=True))
         if family == "diffusion_gemma":  # the native canvas replaces the default multi_bd
             assert type(config.strategy) is DiffusionGemmaStrategyConfig
             assert config.strategy.block_size == 256 and config.cache.page_size == 256

@@ -30,9 +30,10 @@ class TinySize:
             raise ValueError(f"size.heads={self.heads} is not a multiple of size.kv_heads={self.kv_heads}")
         if self.head_dim % 4:
             raise ValueError(f"size.head_dim={self.head_dim}: expected a multiple of 4 (partial RoPE halves it)")
-        if self.experts % 4 or self.top_k > self.experts // 2:
+        if self.experts % 4 or self.experts < 8 or self.top_k > self.experts // 2:
             raise ValueError(f"size.experts={self.experts}, size.top_k={self.top_k}: the LLaDA2 router needs "
-                             "experts divisible by its 4 groups and top_k within the 2 kept groups")
+                             "experts in 4 groups of at least 2 (a multiple of 4, >= 8) and top_k within "
+                             "the 2 kept groups")
 
 
 DEFAULT_SIZE = TinySize()
