@@ -84,3 +84,27 @@ def test_vanilla_random_remasking_is_seeded_and_fills_every_slot(tiny_path):
         a = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=16, seed=3, ignore_eos=True))[0]
         b = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=16, seed=3, ignore_eos=True))[0]
     assert a.token_ids == b.token_ids and len(a.token_ids) == 16 and a.nfe == 4
+
+
+def _dream_counts_from_the_official_facts(masks: int, steps: int, eps: float = 1e-3) -> list[int]:
+    """Dream's diffusion_generate: float32 linspace timesteps, int(n * (1 - s / t)) in float32 tensors."""
+    import torch
+
+    timesteps = torch.linspace(1, eps, steps + 1)
+    n = torch.tensor(float(masks))  # mask_index.sum() / batch: a float32 tensor
+    out = []
+    for i in range(steps):
+        t, s = timesteps[i], timesteps[i + 1]
+        k = int(n) if i == steps - 1 else int(n * (1 - s / t))
+        out.append(k)
+        n = n - k
+    return out
+
+
+def test_dream_schedule_is_computed_in_float32_like_the_official_loop():
+    from diffulex.strategy.vanilla import dream_schedule
+
+    assert dream_schedule(1000, 3) == [333, 333, 334]  # float64 gave 332 in the first step
+    assert dream_schedule(32, 32)[:2] == [0, 1]
+    pairs = [(g, s) for g in (590, 965, 1000, 1024) for s in range(1, 129)] + [(g, 37) for g in range(900, 1000)]
+    assert all(dream_schedule(g, s) == _dream_counts_from_the_official_facts(g, s) for g, s in pairs)

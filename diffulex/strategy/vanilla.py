@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config.families import FAMILIES
 from ..engine.block_scheduler import BlockScheduler
@@ -29,11 +30,17 @@ def even_schedule(num_masks: int, steps: int) -> list[int]:
 
 
 def dream_schedule(num_masks: int, steps: int, eps: float = 1e-3) -> list[int]:
-    """Dream's counts: at step i, int(masks_left * (1 - t[i+1] / t[i])); the last step takes the rest."""
-    ts = [1.0 + (eps - 1.0) * i / steps for i in range(steps + 1)]
+    """Dream's counts: at step i, int(masks_left * (1 - t[i+1] / t[i])); the last step takes the rest.
+
+    In float32 as Dream computes it: ``t = torch.linspace(1, eps, steps + 1)`` (float32) and the
+    product with the (float32) mask count; float64 gives other counts for some (masks, steps),
+    e.g. 332 instead of 333 in the first of 3 steps over 1,000 masks.
+    """
+    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32)  # [steps + 1]
+    ratios = (1 - ts[1:] / ts[:-1]).tolist()  # float32 values, exactly representable as floats
     left, out = num_masks, []
     for i in range(steps):
-        n = left if i == steps - 1 else int(left * (1 - ts[i + 1] / ts[i]))
+        n = left if i == steps - 1 else int(np.float32(left) * np.float32(ratios[i]))
         out.append(n)
         left -= n
     return out
