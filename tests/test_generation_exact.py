@@ -245,3 +245,27 @@ def test_bad_input_then_still_correct(ckpt, dense, facts):
         still_ok()
     finally:
         llm.exit()
+
+
+# ----------------------------------------------------------------------------- (d) generations shorter than a block
+
+@pytest.mark.parametrize("block, gen", [(8, 5), (8, 3), (32, 20)])
+def test_short_generation_follows_the_official_llada2_step_counts(ckpt, dense, facts, block, gen):
+    """gen < block: the official loop runs `gen` steps per block with block // gen (+1) tokens each."""
+    from diffulex import Diffulex
+
+    _, _, fn = dense
+    with Diffulex(ckpt, decoding_strategy="multi_bd", block_size=block, page_size=block, buffer_size=1,
+                  accept_threshold=TAU, dtype="float32") as llm:
+        for prompt in _prompts((5, 13, 16), seed=4):
+            traj = llm.generate([prompt], _sp(gen)).trajectories[0]
+            out, nfe = official_llada2_generate(fn, prompt, gen_length=gen, block_length=block, threshold=TAU,
+                                                mask_id=facts["mask_id"], eos_id=facts["eos_ids"][0],
+                                                vocab_limit=facts["vocab_limit"])
+            assert (traj.token_ids, traj.nfe) == (out, nfe), (len(prompt), traj.token_ids, out, traj.nfe, nfe)
+    # The official counts: block 32, gen 20 forces 2 tokens in each of the first 12 steps.
+    from diffulex.strategy.pipelined import official_fill_schedule
+    from diffulex.config import Config
+
+    cfg = Config(ckpt, decoding_strategy="multi_bd", block_size=32, dtype="float32")
+    assert official_fill_schedule(cfg, 20) == [2] * 12 + [1] * 8 and official_fill_schedule(cfg, 32) == []

@@ -85,3 +85,23 @@ def test_accept_masks_is_strict_and_handles_blocks_without_masks():
 def test_sampling_params_reject_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_min_fill_takes_the_best_n_or_everything_above_the_threshold():
+    from diffulex.sampling.accept import accept_masks
+
+    conf = torch.tensor([0.1, 0.5, 0.3, 0.2, 0.95, 0.97, 0.2, 0.1])
+    is_mask = torch.tensor([True, True, True, False, True, True, True, True])
+    block = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    forced = torch.tensor([True, True])
+    thr = torch.full((2,), 0.9)
+    got = accept_masks(conf, is_mask, block, forced, thr, min_fill=torch.tensor([2, 1]))
+    # block 0: nothing above 0.9, its 2 best masks (0.5, 0.3; the decided 0.2 is not a mask);
+    # block 1: the two above 0.9 (more than its min_fill 1)
+    assert got.tolist() == [False, True, True, False, True, True, False, False]
+    # min_fill 1 is the plain rule
+    assert torch.equal(accept_masks(conf, is_mask, block, forced, thr, min_fill=torch.ones(2, dtype=torch.long)),
+                       accept_masks(conf, is_mask, block, forced, thr))
+    # not forced: only the threshold counts
+    none = accept_masks(conf, is_mask, block, torch.tensor([False, False]), thr, min_fill=torch.tensor([3, 3]))
+    assert none.tolist() == [False] * 4 + [True, True, False, False]

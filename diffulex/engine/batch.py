@@ -43,13 +43,15 @@ class StepBatch:
     block_request: torch.Tensor  # [NB] index into the step's request list
     block_id: torch.Tensor  # [NB] the request's own block id
     block_force_all: torch.Tensor  # [NB] bool: fill every remaining mask this step
+    block_min_fill: torch.Tensor  # [NB] long: masks a forced block takes at least (1: its best)
     row_prompt_len: torch.Tensor  # [M] prompt length of the row's request (positions below are fixed)
     row_prev_token: torch.Tensor  # [M] the canvas token at position - 1 (-1 at position 0)
     extras: dict  # strategy inputs for the model runner (e.g. soft_inputs), see ModelRunner.run
+    multi_fill: bool = False  # host flag: some block's min_fill exceeds 1
 
 
 _DEVICE_FIELDS = ("row_request", "row_position", "row_token", "row_block", "row_prompt_len", "row_prev_token",
-                  "block_forced", "block_quota", "block_request", "block_id", "block_force_all")
+                  "block_forced", "block_quota", "block_request", "block_id", "block_force_all", "block_min_fill")
 
 
 def rows_on(batch: Any, device: torch.device) -> Any:
@@ -164,7 +166,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     table: list[int] = []  # [R * max_pages] page tables, -1 padding
     per_req: list[int] = []  # [R, 8] see the unpacking below
     per_run: list[int] = []  # [S, 7] see the unpacking below
-    blk_forced, blk_quota, blk_req, blk_id, blk_all = [], [], [], [], []
+    blk_forced, blk_quota, blk_req, blk_id, blk_all, blk_min = [], [], [], [], [], []
     bases = []  # first token of each request in the flat batch
     num_tokens = num_rows = 0
     for r, (req, plan) in enumerate(zip(reqs, plans)):
@@ -194,6 +196,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
         blk_req += [r] * k
         blk_id += plan.blocks or range(k)
         blk_all += plan.force_all or [False] * k
+        blk_min += getattr(plan, "min_fill", None) or [1] * k
         logit_off = num_tokens - int(plan.shift) - start  # logits row of position p = p + logit_off
         for a, b, span_index in runs:
             per_run += (b - a, r, a - num_rows, first_block + span_index, logit_off, off, req.num_prompt_tokens)
@@ -214,7 +217,7 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     row = np.repeat(run_cols[1:], run_cols[0], axis=1)
     row_position = np.arange(num_rows) + row[1]  # [M]
     at = row_position + row[4]  # [M] window index of the row's position
-    blocks = _ints(blk_forced + blk_quota + blk_req + blk_id + blk_all).reshape(5, len(blk_req))  # [5, NB]
+    blocks = _ints(blk_forced + blk_quota + blk_req + blk_id + blk_all + blk_min).reshape(6, len(blk_req))  # [6, NB]
     cu = np.empty(len(reqs) + 1, dtype=np.int64)
     cu[0], cu[1:] = 0, np.cumsum(counts)
     meta = AttentionMetadata(
@@ -225,4 +228,5 @@ def pack_batch(reqs: list[Any], plans: list[Any], page_size: int, kv_cache_manag
     extras = pack_extras(reqs, plans, bases) if pack_extras else {}
     return StepBatch(_t(win[positions + tok[1]]), _t(positions.copy()), meta, _t(row[0]), _t(row_position),
                      _t(win[at]), _t(row[2]), _t(blocks[0] != 0), _t(blocks[1]), _t(blocks[2]), _t(blocks[3]),
-                     _t(blocks[4] != 0), _t(row[5]), _t(win[at - 1]), extras)
+                     _t(blocks[4] != 0), _t(blocks[5]), _t(row[5]), _t(win[at - 1]), extras,
+                     multi_fill=max(blk_min, default=1) > 1)

@@ -25,6 +25,9 @@ class StepPlan:
     quota: list[int] = field(default_factory=list)  # per block: exact masks to fill; -1: threshold rule
     blocks: list[int] = field(default_factory=list)  # block ids (records, per-block decisions)
     force_all: list[bool] = field(default_factory=list)  # per block: fill every remaining mask now
+    # per block: a forced block takes its ``min_fill`` best masks or every mask above the threshold,
+    # whichever is more (the official LLaDA2.0 step counts); empty: 1 each.
+    min_fill: list[int] = field(default_factory=list)
     shift: bool = False
     cache_only: bool = False  # keys only from the cache (new KV written first): the dual-cache mode
     # Cached keys this forward reads: positions [0, context_len). -1: ``start`` (everything before

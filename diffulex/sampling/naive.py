@@ -25,6 +25,7 @@ class NaiveSampler(Sampler):
                                      cfg.sampling.confidence, kernels=self.kernels)  # [M], [M]
         is_mask = db.row_token == cfg.model.mask_token_id  # [M]
         threshold = torch.full(db.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
-        accept = accept_masks(conf, is_mask, db.row_block, db.block_forced, threshold)  # [M]
+        min_fill = db.block_min_fill if getattr(batch, "multi_fill", False) else None
+        accept = accept_masks(conf, is_mask, db.row_block, db.block_forced, threshold, min_fill)  # [M]
         fills = fills_per_request(len(reqs), accept, db.row_request, db.row_position, tokens, conf)  # the one sync
         return [Decision(fills=f) for f in fills]

@@ -20,6 +20,24 @@ from ..engine.plan import StepPlan
 from ..engine.request import Request
 
 
+
+def official_fill_schedule(config: Any, max_tokens: int) -> list[int]:
+    """Per step of a block, the masks a forced block takes at least ([]: 1 per step).
+
+    The official LLaDA2.0 ``generate`` runs ``steps = min(steps, gen_length // minimal_topk)``
+    steps per block (steps = block length, minimal_topk = 1 by default) and transfers
+    ``block // steps`` tokens per step, one more in the first ``block % steps`` steps. With
+    ``max_tokens`` below the block size that forces several tokens per step (block 32,
+    ``max_tokens`` 20: 2 in each of the first 12 steps). ``multi_bd`` on the LLaDA2 family
+    follows it, so its greedy output equals the official one at every generation length;
+    at ``max_tokens >= block_size`` it is one token per step, the rule of every other case.
+    """
+    block = config.strategy.block_size
+    if config.family != "llada2" or config.strategy.name.value != "multi_bd" or not 0 < max_tokens < block:
+        return []
+    base, rem = divmod(block, max_tokens)
+    return [base + (1 if i < rem else 0) for i in range(max_tokens)]
+
 class BlockRequest(Request):
     """A request decoded block by block with a buffer of blocks in flight."""
 
@@ -39,6 +57,7 @@ class BlockRequest(Request):
         self.num_cached = 0
         self.stopped = False
         self.output_token_ids: list[int] | None = None
+        self.fill_schedule = official_fill_schedule(config, sampling_params.max_tokens)
         self._open_block(self.num_prompt_tokens // self.block_size)
 
     # -- geometry -------------------------------------------------------------------
@@ -112,7 +131,14 @@ class BlockRequest(Request):
         start = self.num_cached - 1 if self.shift and self.num_cached > 0 else self.num_cached
         return StepPlan(start=start, end=spans[-1][1], write_start=self.num_cached, write_end=self.committed_end,
                         spans=spans, forced=forced, quota=[-1] * len(spans), blocks=list(self.inflight),
-                        shift=self.shift, force_all=[self.must_finish(b, config) for b in self.inflight])
+                        shift=self.shift, force_all=[self.must_finish(b, config) for b in self.inflight],
+                        min_fill=[self.min_fill(b) for b in self.inflight])
+
+    def min_fill(self, b: int) -> int:
+        """Masks block ``b`` takes at least this step when forced: 1, or the official LLaDA2.0
+        count of its step (see :func:`official_fill_schedule`)."""
+        step = self.block_steps.get(b, 0)
+        return self.fill_schedule[step] if step < len(self.fill_schedule) else 1
 
     def must_finish(self, b: int, config: Any) -> bool:
         """True when block ``b`` has used its step budget and must fill every mask now."""
