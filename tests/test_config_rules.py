@@ -69,16 +69,37 @@ def test_edit_only_checkpoint_names_require_edit_mode(tiny_path):
     assert Config(tiny_path("llada2"), model_name="llada2dot1_mini", sampling_mode="edit").sampling.mode == "edit"
 
 
-def test_diffusion_gemma_uses_native_defaults(tiny_path, caplog):
+def _gemma_with_canvas(tiny_path, tmp_path, canvas):
+    """The tiny DiffusionGemma checkpoint with ``canvas_length`` set to ``canvas`` (None: removed)."""
+    path = tmp_path / f"dg{canvas}"
+    shutil.copytree(tiny_path("diffusion_gemma"), path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.pop("canvas_length", None)
+    if canvas is not None:
+        cfg["canvas_length"] = canvas
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("canvas", [256, None])
+def test_diffusion_gemma_uses_native_defaults(tiny_path, tmp_path, caplog, canvas):
+    """The seed's rule: block 256, page 256, buffer 1 (a 256 canvas, or a config that declares none)."""
+    path = _gemma_with_canvas(tiny_path, tmp_path, canvas)
     with caplog.at_level(logging.WARNING, logger="diffulex.config"):
-        cfg = Config(tiny_path("diffusion_gemma"), model_name="diffusion_gemma", decoding_strategy="multi_bd",
-                     block_size=32, page_size=32, buffer_size=4)
+        cfg = Config(path, model_name="diffusion_gemma", decoding_strategy="multi_bd", page_size=32, buffer_size=4)
     s = cfg.strategy
     assert s.name == StrategyName.DIFFUSION_GEMMA
     assert (s.block_size, cfg.cache.page_size, s.buffer_size) == (256, 256, 1)
     msgs = " ".join(r.getMessage() for r in caplog.records)
-    for name in ("strategy.name", "strategy.block_size", "cache.page_size", "strategy.buffer_size"):
+    for name in ("strategy.name", "cache.page_size", "strategy.buffer_size"):
         assert name in msgs
+    with pytest.raises(ValueError, match="canvas_length"):
+        Config(path, block_size=32)  # the model denoises 256 positions at once
+
+
+def test_diffusion_gemma_block_is_the_checkpoints_canvas(tiny_path):
+    cfg = Config(tiny_path("diffusion_gemma"), block_size=32)  # the tiny canvas_length: allowed
+    assert cfg.strategy.block_size == 32 == Config(tiny_path("diffusion_gemma")).strategy.block_size
 
 
 def test_diffusion_gemma_sampler_values_come_from_generation_config_unless_set(tiny_path):

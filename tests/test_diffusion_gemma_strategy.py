@@ -4,8 +4,8 @@ token for token against transformers' own ``DiffusionGemmaForBlockDiffusion.gene
 The engine draws from the request's generator exactly what transformers draws from the
 global RNG for one sequence (``randint`` per new canvas, ``multinomial`` + ``randint`` per
 step), so ``torch.manual_seed(s)`` + ``generate`` and ``SamplingParams(seed=s)`` agree.
-The tiny checkpoint's canvas is 32; the engine forces 256, so the reference runs with
-``config.canvas_length = 256``.
+The tiny checkpoint's canvas is 32 (``canvas_length`` in its config.json), and both the engine
+and transformers decode that canvas.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (  # 
     EntropyBoundSampler, EntropyBoundSamplerConfig, StableAndConfidentStoppingCriteria)
 
 PROMPT = [5, 17, 33, 90, 120, 7, 8]
+CANVAS = 32  # the tiny checkpoint's canvas_length (diffulex.tiny.gemma.CANVAS_LENGTH)
 
 
 def knobs(**kw):
@@ -130,7 +131,6 @@ def sharp_ckpt(tiny_path, tmp_path_factory):
 
 def hf_generate(path, prompt, seed, max_new, k):
     hf = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=torch.float32).eval()
-    hf.config.canvas_length = 256
     torch.manual_seed(seed)
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=max_new, max_denoising_steps=k.max_denoising_steps,
                       t_min=k.t_min, t_max=k.t_max, stability_threshold=k.stability_threshold,
@@ -145,8 +145,8 @@ def engine(path, k):
 
 
 CASES = [  # (checkpoint, knobs, seed, max_tokens)
-    ("tiny", knobs(max_denoising_steps=3), 0, 300),  # two canvases, stops on length
-    ("tiny", knobs(max_denoising_steps=3), 1, 300),  # stops on EOS in the first canvas
+    ("tiny", knobs(max_denoising_steps=3), 0, 300),  # many canvases of 32
+    ("tiny", knobs(max_denoising_steps=3), 1, 300),
     ("tiny", knobs(max_denoising_steps=3, stability_threshold=2, confidence_threshold=100.0, entropy_bound=50.0),
      1, 300),
     ("sharp", knobs(max_denoising_steps=10, t_min=0.05, t_max=0.1, confidence_threshold=100.0, entropy_bound=1e6),
@@ -172,7 +172,7 @@ def test_engine_equals_transformers_generate(case, tiny_path, sharp_ckpt):
     if which == "sharp":
         assert commits[0] < k.max_denoising_steps  # the stable-and-confident rule fired
     for s in tr.steps:  # every step: accepted fills + re-noised positions cover the canvas
-        assert s.num_decided + s.num_remasked == 256 and s.num_decided >= 1
+        assert s.num_decided + s.num_remasked == CANVAS and s.num_decided >= 1
         assert {p for p, _, _ in s.decided}.isdisjoint(s.remasked)
 
 
@@ -192,7 +192,7 @@ def test_max_nfe_stops_with_the_committed_tokens(tiny_path):
     # CASES[0]'s run: the first canvas commits at nfe 3 (no EOS), the second is in flight at nfe 4
     with engine(tiny_path("diffusion_gemma"), knobs(max_denoising_steps=3)) as eng:
         tr = eng.generate([PROMPT], SamplingParams(max_tokens=300, seed=0, max_nfe=4)).trajectories[0]
-    assert (tr.nfe, tr.finish_reason, len(tr.token_ids)) == (4, "max_nfe", 256)
+    assert (tr.nfe, tr.finish_reason, len(tr.token_ids)) == (4, "max_nfe", CANVAS)
 
 
 def test_sampling_knobs_the_canvas_loop_cannot_honour_are_refused(tiny_path):
@@ -203,3 +203,27 @@ def test_sampling_knobs_the_canvas_loop_cannot_honour_are_refused(tiny_path):
     with Diffulex(tiny_path("diffusion_gemma")) as llm:
         with pytest.raises(ValueError, match="t_min"):
             llm.generate([[20, 21]], SamplingParams(max_tokens=4, temperature=0.7))
+
+
+def test_the_canvas_is_the_checkpoints_and_another_block_size_is_refused(tiny_path):
+    with Diffulex(tiny_path("diffusion_gemma")) as llm:
+        assert llm.config.strategy.block_size == CANVAS and llm.config.cache.page_size == 256
+    with pytest.raises(ValueError, match="canvas_length"):
+        Diffulex(tiny_path("diffusion_gemma"), block_size=256)
+
+
+def test_a_tokenizer_without_a_mask_token_is_accepted(tiny_path, tmp_path):
+    import json
+
+    path = tmp_path / "nomask"
+    shutil.copytree(tiny_path("diffusion_gemma"), path)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        data = json.loads((path / name).read_text())
+        data.pop("mask_token", None)
+        (path / name).write_text(json.dumps(data))
+    with Diffulex(str(path), dtype="float32") as llm:
+        assert llm.config.model.mask_token_id is None
+        tr = llm.generate([PROMPT], SamplingParams(max_tokens=8, seed=0)).trajectories[0]
+    with Diffulex(tiny_path("diffusion_gemma"), dtype="float32") as llm:
+        same = llm.generate([PROMPT], SamplingParams(max_tokens=8, seed=0)).trajectories[0]
+    assert tr.token_ids == same.token_ids  # the mask token never took part

@@ -115,7 +115,8 @@ def test_preset_validates_into_config(compose_cfg, model_root, group, preset, tm
             assert config.model.path == str(ensure_tiny_checkpoint(family, trained=True))
         if family == "diffusion_gemma":  # the native canvas replaces the default multi_bd
             assert type(config.strategy) is DiffusionGemmaStrategyConfig
-            assert config.strategy.block_size == 256 and config.cache.page_size == 256
+            # the checkpoint's canvas (tiny: canvas_length 32; 256 when a config declares none)
+            assert config.strategy.block_size == config.hf_config.canvas_length and config.cache.page_size == 256
         if preset in REAL_MODEL_FAMILY:
             assert config.model.name == preset
             assert config.model.path == str(model_root / cfg.model.path)

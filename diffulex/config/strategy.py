@@ -207,8 +207,16 @@ class DiffusionGemmaStrategyConfig(StrategyConfig):
     FORCED_BUFFER_SIZE: ClassVar[Optional[int]] = 1
 
     def normalize(self, cfg: "Config", notes: Notes) -> None:
-        why = "diffusion_gemma decodes a native canvas of 256"
-        _resolve(self, "block_size", 256, "strategy.block_size", why, notes, force=True)
+        # The canvas is the checkpoint's (config.json canvas_length; 256 when it declares none):
+        # the model was trained to denoise exactly that many positions at once.
+        canvas = getattr(cfg.hf_config, "canvas_length", None) or self.DEFAULT_BLOCK_SIZE
+        if self.block_size is not None and self.block_size != canvas:
+            from .errors import config_error
+            raise config_error("strategy.block_size", self.block_size,
+                               f"{canvas}, the checkpoint's canvas_length", "leave strategy.block_size unset: "
+                               "diffusion_gemma decodes the canvas its checkpoint declares")
+        self.block_size = canvas
+        why = "diffusion_gemma decodes its native canvas with pages of 256"
         _resolve(cfg.cache, "page_size", 256, "cache.page_size", why, notes, force=True)
         super().normalize(cfg, notes)
         generation = _read_generation_config(cfg.model.path)
