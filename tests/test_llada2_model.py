@@ -61,10 +61,11 @@ def rms(x, weight, eps):
 
 def rope(x, pos, cfg):
     rot = int(cfg["head_dim"] * cfg["partial_rotary_factor"])
-    inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, rot, 2).double() / rot)
-    freqs = pos[:, None].double() * inv_freq  # [L, rot/2]
+    # float32 angles, as the published modeling code computes them
+    inv_freq = 1.0 / cfg["rope_theta"] ** (torch.arange(0, rot, 2).float() / rot)
+    freqs = pos[:, None].float() * inv_freq  # [L, rot/2]
     emb = torch.cat([freqs, freqs], -1)
-    cos, sin = emb.cos().float()[:, None], emb.sin().float()[:, None]  # [L, 1, rot]
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # [L, 1, rot]
     xr, xp = x[..., :rot], x[..., rot:]
     rotated = torch.cat([-xr[..., rot // 2:], xr[..., : rot // 2]], -1)
     return torch.cat([xr * cos + rotated * sin, xp], -1)

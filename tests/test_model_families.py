@@ -55,9 +55,10 @@ def rms(x, weight, eps):
 
 def rope(x, pos, theta):
     d = x.shape[-1]
-    freqs = pos[:, None].double() / theta ** (torch.arange(0, d, 2).double() / d)  # [L, d/2]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)  # float32, as the modeling code
+    freqs = pos[:, None].float() * inv_freq  # [L, d/2]
     emb = torch.cat([freqs, freqs], -1)
-    cos, sin = emb.cos().float()[:, None], emb.sin().float()[:, None]  # [L, 1, d]
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # [L, 1, d]
     return x * cos + torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1) * sin
 
 

@@ -25,10 +25,13 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim
         self.kernels = "torch"
-        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
-        freqs = torch.outer(torch.arange(max_position, dtype=torch.float64), inv_freq)  # [P, R/2]
-        self.register_buffer("cos_cache", freqs.cos().float(), persistent=False)
-        self.register_buffer("sin_cache", freqs.sin().float(), persistent=False)
+        # In float32, as the published modeling code computes them (inverse frequencies, the
+        # position x frequency product, cos / sin): float64 angles differ by up to ~1e-4 at
+        # long positions, which moves logits.
+        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)  # [P, R/2] fp32
+        self.register_buffer("cos_cache", freqs.cos(), persistent=False)
+        self.register_buffer("sin_cache", freqs.sin(), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
