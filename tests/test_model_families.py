@@ -249,3 +249,16 @@ def test_tp2_matches_tp1(tmp_path):
     expected = tp_logits(0, 1, path)
     for rank in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"logits_rank{rank}.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_tables_are_the_official_float32_computation():
+    from diffulex.layers.rotary import RotaryEmbedding
+
+    r = RotaryEmbedding(head_dim=64, rotary_dim=32, max_position=4096, base=600000.0)
+    # the published modeling code: int64 arange -> float32, base ** (.. / dim), fp32 product, fp32 cos/sin
+    inv_freq = 1.0 / (600000.0 ** (torch.arange(0, 32, 2, dtype=torch.int64).float() / 32))
+    freqs = torch.arange(4096).float()[:, None] * inv_freq[None, :]
+    assert torch.equal(r.cos_cache, freqs.cos()) and torch.equal(r.sin_cache, freqs.sin())
+    f64 = torch.outer(torch.arange(4096, dtype=torch.float64),
+                      1.0 / (600000.0 ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32)))
+    assert not torch.equal(r.cos_cache, f64.cos().float())  # the float64 tables are another function
