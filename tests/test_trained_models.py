@@ -127,3 +127,11 @@ def test_demo_prints_answers_and_a_summary_per_strategy():
     assert any(line.startswith("Solve:") and " ok " in line for line in lines)
     summary = [line for line in lines if "accuracy" in line and "TPF" in line]
     assert len(summary) == 4 and "multi_bd 0.95 (llada2): accuracy 100.0%" in summary[0]
+
+
+def test_a_missing_path_with_a_tiny_preset_is_an_error_and_writes_nothing(tmp_path):
+    missing = tmp_path / "does" / "not" / "exist"
+    for kw in (dict(tiny="llada2", trained=True), dict(tiny="llada")):
+        with pytest.raises(ValueError, match="model.path"):
+            Diffulex(str(missing), **kw)
+    assert not (tmp_path / "does").exists()

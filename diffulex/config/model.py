@@ -19,8 +19,8 @@ class ModelConfig:
     # Model name (e.g. llada2_mini, dream_7b); see diffulex/config/families.py.
     # None: detected from the checkpoint's config.json.
     name: Optional[str] = None
-    # Write (once) and use the project's own tiny checkpoint of this family instead of a
-    # downloaded one; `path`, when set, says where to write it. None: use `path`.
+    # Use the project's own tiny checkpoint of this family (written once into the tiny cache)
+    # instead of a downloaded one, unless `path` names an existing checkpoint. None: use `path`.
     tiny: Optional[str] = None
     # With `tiny`: the shipped trained tiny model of that family (llada2, llada, sdar; trained on
     # arithmetic, docs/models.md) instead of random weights.

@@ -95,24 +95,22 @@ def _common_strategy_fields(strategy: Any) -> dict:
 def _resolve_model_path(cfg: "Config") -> None:
     m = cfg.model
     if m.tiny is not None:
-        from ..tiny import TINY_FAMILIES, ensure_tiny_checkpoint, write_tiny_checkpoint
+        from ..tiny import TINY_FAMILIES, ensure_tiny_checkpoint, trained_families
 
         if m.tiny not in TINY_FAMILIES:
             raise config_error("model.tiny", m.tiny, f"one of {list(TINY_FAMILIES)}", "pick a tiny family")
-        if m.trained:
-            from ..tiny import copy_trained, trained_checkpoint, trained_families
-
-            if m.tiny not in trained_families():
-                raise config_error("model.trained", True, f"a family with a shipped trained model "
-                                   f"({', '.join(trained_families())}) in model.tiny",
-                                   f"pick one of those, or set model.trained=false for random {m.tiny} weights")
-            if m.path and not os.path.isdir(m.path):
-                copy_trained(m.tiny, m.path)
-            m.path = str(trained_checkpoint(m.tiny) if not m.path else m.path)
-        else:
-            if m.path and not os.path.isdir(m.path):
-                write_tiny_checkpoint(m.tiny, m.path)
-            m.path = str(ensure_tiny_checkpoint(m.tiny) if not m.path else m.path)
+        if m.trained and m.tiny not in trained_families():
+            raise config_error("model.trained", True, f"a family with a shipped trained model "
+                               f"({', '.join(trained_families())}) in model.tiny",
+                               f"pick one of those, or set model.trained=false for random {m.tiny} weights")
+        # A path given with a tiny preset must be an existing checkpoint: a typo never writes files.
+        if m.path and not os.path.isdir(os.path.expanduser(m.path)):
+            raise config_error("model.path", m.path, "an existing checkpoint directory (or unset, for the "
+                               f"tiny {m.tiny} checkpoint)", "fix the path, or drop model.path; to write a "
+                               f"tiny checkpoint somewhere: python -m diffulex.tiny --family {m.tiny} --out DIR"
+                               + (" --trained" if m.trained else ""))
+        if not m.path:
+            m.path = str(ensure_tiny_checkpoint(m.tiny, trained=m.trained))
     root = cfg.model_root or os.environ.get("DIFFULEX_MODEL_ROOT", "")
     if not m.path:
         raise config_error("model.path", m.path, "an existing checkpoint directory",
