@@ -16,8 +16,8 @@ from diffulex.tiny.sizes import TinySize
 from diffulex.tiny.weights import tensor_specs
 from diffulex.train import Trainer, family_config, train
 from diffulex.train import objectives as obj
-from diffulex.train.attention import TrainingMetadata, use_training_attention
-from diffulex.train.model import build_trainable, export_tensors
+from diffulex.train.attention import TrainingMetadata
+from diffulex.train.model import export_tensors
 
 SMALL = TinySize(hidden=32, heads=2, kv_heads=1, head_dim=16, inter=64, layers=2, max_pos=128, experts=8,
                  top_k=2, moe_inter=16)
