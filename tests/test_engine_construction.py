@@ -56,13 +56,13 @@ def test_flat_aliases_reach_the_config_tree_and_unrelated_keywords_are_named(tin
     with caplog.at_level(logging.WARNING, logger="diffulex.engine"):
         with Diffulex(tiny_path("llada2"), decoding_strategy="d2f", block_size=16, buffer_size=2,
                       accept_threshold=0.8, page_size=16, max_model_len=256, mask_token_id=3,
-                      tempreature=0.5, use_tqdm=True) as llm:
+                      device_map="auto", use_tqdm=True) as llm:
             cfg = llm.config
     assert isinstance(cfg.strategy, D2FStrategyConfig)
     assert (cfg.strategy.block_size, cfg.strategy.buffer_size, cfg.strategy.accept_threshold) == (16, 2, 0.8)
     assert (cfg.cache.page_size, cfg.runtime.max_model_len, cfg.model.mask_token_id) == (16, 256, 3)
     warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
-    assert len(warnings) == 1 and "tempreature" in warnings[0] and "use_tqdm" in warnings[0]
+    assert len(warnings) == 1 and "device_map" in warnings[0] and "use_tqdm" in warnings[0]
 
 
 def test_engine_accepts_a_built_config(tiny_path):
@@ -115,3 +115,20 @@ def test_bad_config_fails_before_any_process_starts(tmp_path):
     with pytest.raises(ValueError, match="model.path"):
         Diffulex(str(tmp_path / "missing"), tensor_parallel_size=2)
     assert not mp.active_children()
+
+
+def test_unrelated_keywords_are_ignored_but_near_misses_are_errors(tiny_path, caplog):
+    import logging
+
+    from diffulex import Diffulex
+
+    with caplog.at_level(logging.WARNING, logger="diffulex.engine"):
+        llm = Diffulex(tiny_path("llada2"), trust_remote_code=True, device_map="auto")
+    llm.exit()
+    assert "device_map, trust_remote_code" in caplog.text  # the seed's rule: ignored, named
+    with pytest.raises(ValueError, match=r"'temprature'; did you mean 'temperature'\? It is a SamplingParams"):
+        Diffulex(tiny_path("llada2"), temprature=0.0)
+    with pytest.raises(ValueError, match=r"did you mean 'max_num_seqs'"):
+        Diffulex(tiny_path("llada2"), max_num_seq=4)
+    with pytest.raises(ValueError, match=r"did you mean 'decoding_strategy'"):
+        Diffulex(tiny_path("llada2"), decoding_stratgy="d2f")

@@ -83,3 +83,35 @@ GROUPS = ("model", "strategy", "sampling", "parallel", "lora", "cache", "runtime
 def is_config_key(name: str) -> bool:
     """True when ``name`` is a Config field (a group or model_root) or a flat alias."""
     return name in FLAT_ALIASES or name in GROUPS or name == "model_root"
+
+
+def near_miss(name: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The config keyword (or one of ``extra``) that ``name`` is a likely misspelling of, or None.
+
+    Likely: at most 2 edits away (a transposition counts as one) for names of 6+ characters,
+    1 for shorter ones; an unrelated keyword (the seed ignores those) is no near miss.
+    """
+    limit = 2 if len(name) >= 6 else 1
+    best, best_d = None, limit + 1
+    for known in (*FLAT_ALIASES, *GROUPS, "model_root", *extra):
+        d = _edit_distance(name.lower(), known, limit)
+        if 0 < d < best_d:
+            best, best_d = known, d
+    return best
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Optimal-string-alignment distance of ``a`` and ``b`` (``limit + 1`` once it exceeds ``limit``)."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return min(prev[-1], limit + 1)

@@ -7,6 +7,7 @@ which leaves no process, port or process group behind, and re-raises the origina
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -15,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ..config import Config
-from ..config.aliases import is_config_key
+from ..config.aliases import is_config_key, near_miss
 from ..config.parallel import Launcher
 from .components import EngineComponents
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
@@ -30,9 +31,23 @@ logger = logging.getLogger("diffulex.engine")
 
 
 def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(config keywords, ignored names): the seed ignores unrelated keywords; we name them."""
+    """(config keywords, ignored names): the seed ignores unrelated keywords; we name them.
+
+    A near miss of a real option (``near_miss``: a config keyword, or a ``SamplingParams``
+    field, which belongs in ``SamplingParams``) is a ValueError with "did you mean", not a
+    silently ignored keyword.
+    """
     kept = {k: v for k, v in kwargs.items() if is_config_key(k)}
-    return kept, sorted(k for k in kwargs if k not in kept)
+    ignored = sorted(k for k in kwargs if k not in kept)
+    sampling_fields = tuple(f.name for f in dataclasses.fields(SamplingParams))
+    for name in ignored:
+        guess = near_miss(name, sampling_fields)
+        if guess in sampling_fields:
+            raise ValueError(f"Diffulex: unknown keyword {name!r}; did you mean {guess!r}? It is a SamplingParams "
+                             f"field: pass it to generate() as SamplingParams({guess}=...)")
+        if guess is not None:
+            raise ValueError(f"Diffulex: unknown keyword {name!r}; did you mean {guess!r}?")
+    return kept, ignored
 
 
 class DiffulexEngine:
@@ -378,6 +393,8 @@ def Diffulex(model: Any, **kwargs: Any) -> DiffulexEngine:
     """Build an engine: ``Diffulex("/path/to/ckpt", decoding_strategy="multi_bd", ...)``.
 
     Keywords naming a config field or a flat alias (see ``diffulex.config.aliases``) are
-    applied; any other keyword is ignored with one warning that names it.
+    applied; any other keyword is ignored with one warning that names it, except a near miss
+    of an option name (``temprature=``, ``max_num_seq=``), which is a ValueError saying
+    "did you mean ...".
     """
     return DiffulexEngine(model, **kwargs)
