@@ -22,13 +22,18 @@ class FamilyTraits:
     shift: bool  # logits at i-1 predict token i (AR-initialized models)
     edit_capable: bool = False  # trained for token-to-token editing (LLaDA2.x, DMax)
     moe: bool = False
+    # The decoding loop never uses a mask token (a canvas of random tokens): a tokenizer without one is fine.
+    mask_free: bool = False
+    # multi_bd follows the official loop's step counts when max_tokens is below the block size
+    # (strategy.pipelined.official_fill_schedule; LLaDA2.0's generate).
+    short_generation_schedule: bool = False
 
 
 _BLOCKWISE = frozenset({StrategyName.MULTI_BD, StrategyName.D2F, StrategyName.VANILLA})
 
 FAMILIES: dict[str, FamilyTraits] = {
     "llada2": FamilyTraits(StrategyName.MULTI_BD, _BLOCKWISE | {StrategyName.DMAX},
-                           shift=False, edit_capable=True, moe=True),
+                           shift=False, edit_capable=True, moe=True, short_generation_schedule=True),
     "llada": FamilyTraits(StrategyName.D2F, _BLOCKWISE, shift=False),
     "dream": FamilyTraits(StrategyName.D2F, _BLOCKWISE, shift=True),
     "sdar": FamilyTraits(StrategyName.MULTI_BD, _BLOCKWISE, shift=False),
@@ -36,7 +41,8 @@ FAMILIES: dict[str, FamilyTraits] = {
     "fast_dllm_v2": FamilyTraits(StrategyName.FAST_DLLM_V2, _BLOCKWISE | {StrategyName.FAST_DLLM_V2},
                                  shift=True),
     "diffusion_gemma": FamilyTraits(StrategyName.DIFFUSION_GEMMA,
-                                    frozenset({StrategyName.DIFFUSION_GEMMA}), shift=False, moe=True),
+                                    frozenset({StrategyName.DIFFUSION_GEMMA}), shift=False, moe=True,
+                                    mask_free=True),
 }
 
 # Every accepted model name -> its family. Family names are model names too.

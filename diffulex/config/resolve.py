@@ -158,8 +158,8 @@ def _resolve_tokenizer(cfg: "Config", tokenizer: Any, facts: Any) -> None:
     if cfg.model.mask_token_id is None:
         from_tok = getattr(tokenizer, "mask_token_id", None)
         cfg.model.mask_token_id = from_tok if from_tok is not None else facts.mask_token_id
-    if cfg.model.mask_token_id is None and cfg.family == "diffusion_gemma":
-        pass  # its canvas starts from random tokens: the loop never uses a mask token
+    if cfg.model.mask_token_id is None and FAMILIES[cfg.family].mask_free:
+        pass  # e.g. DiffusionGemma: its canvas starts from random tokens, no mask token is used
     elif cfg.model.mask_token_id is None:
         raise config_error("model.mask_token_id", None, "an int", "the checkpoint exposes no mask token: pass "
                            "mask_token_id=... (the id the model was trained with)")

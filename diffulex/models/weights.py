@@ -35,7 +35,12 @@ def checkpoint_files(path: str | Path) -> list[Path]:
 def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of every shard, one shard open at a time."""
     for file in checkpoint_files(path):
-        with safe_open(str(file), framework="pt") as f:
+        try:
+            handle = safe_open(str(file), framework="pt")
+        except Exception as err:  # safetensors raises its own error type, naming no file
+            raise ValueError(f"cannot read checkpoint shard {file}: {err} (a truncated or corrupted "
+                             "file: download or copy it again)") from err
+        with handle as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 

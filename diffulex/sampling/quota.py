@@ -21,13 +21,13 @@ def top_quota(score: torch.Tensor, eligible: torch.Tensor, block_of_row: torch.T
     by_score = torch.argsort(score, descending=True, stable=True)  # [M]; ties -> lower row first
     by_block = by_score[torch.argsort(block_of_row[by_score], stable=True)]  # grouped by block, best first
     blocks = block_of_row[by_block]
-    counts = torch.bincount(blocks, minlength=quota.shape[0])
+    # Counts by scatter, the result by scatter: no host sync (bincount and boolean indexing sync on CUDA).
+    counts = torch.zeros(quota.shape[0], dtype=torch.long, device=score.device).scatter_add_(
+        0, blocks, torch.ones_like(blocks))  # [NB]
     first = torch.cumsum(counts, 0) - counts  # [NB] start of each block's group
     rank = torch.arange(m, device=score.device) - first[blocks]
-    take = (rank < quota[blocks]) & eligible[by_block]
-    accept = torch.zeros(m, dtype=torch.bool, device=score.device)
-    accept[by_block[take]] = True
-    return accept
+    take = (rank < quota[blocks]) & eligible[by_block]  # [M], in by_block order
+    return torch.zeros(m, dtype=torch.bool, device=score.device).scatter_(0, by_block, take)
 
 
 @AutoSampler.register("vanilla")

@@ -20,7 +20,6 @@ from ..engine.plan import StepPlan
 from ..engine.request import Request
 
 
-
 def official_fill_schedule(config: Any, max_tokens: int) -> list[int]:
     """Per step of a block, the masks a forced block takes at least ([]: 1 per step).
 
@@ -33,10 +32,12 @@ def official_fill_schedule(config: Any, max_tokens: int) -> list[int]:
     at ``max_tokens >= block_size`` it is one token per step, the rule of every other case.
     """
     block = config.strategy.block_size
-    if config.family != "llada2" or config.strategy.name.value != "multi_bd" or not 0 < max_tokens < block:
+    if (not FAMILIES[config.family].short_generation_schedule or config.strategy.name.value != "multi_bd"
+            or not 0 < max_tokens < block):
         return []
     base, rem = divmod(block, max_tokens)
     return [base + (1 if i < rem else 0) for i in range(max_tokens)]
+
 
 class BlockRequest(Request):
     """A request decoded block by block with a buffer of blocks in flight."""

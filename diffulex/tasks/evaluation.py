@@ -34,7 +34,7 @@ class TaskResult:
 
 def score(llm: Any, problems: Sequence[Problem], max_tokens: int = 32, **sampling: Any) -> TaskResult:
     """Generate every problem's prompt in one batch (greedy unless ``sampling`` says otherwise) and
-    score exact match of the first number in each output."""
+    score each output with ``diffulex.tasks.is_correct``."""
     from diffulex import SamplingParams
 
     params = SamplingParams(**{"temperature": 0.0, "max_tokens": max_tokens, **sampling})

@@ -44,12 +44,14 @@ class Trainer:
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.tok_spec = trained_tokenizer(cfg.family)
-        self.tokenizer = build_tokenizer(self.tok_spec)
+        tokenizer = build_tokenizer(self.tok_spec)
         self.hf_config = config_json(cfg.family, cfg.size, self.tok_spec)
-        self.mask_id = self._mask_id()
-        self.eos_id = self.tok_spec.role_id("eos_token")
-        # Ids a corrupted answer token is drawn from (LLaDA2.1 editing): the answer alphabet.
-        self.edit_tokens = torch.tensor(sorted({i for ch in "0123456789- " for i in self._encode(ch)} | {self.eos_id}))
+        mask_id, eos_id = self._mask_id(), self.tok_spec.role_id("eos_token")
+        # Ids a corrupted answer token is drawn from (LLaDA2.1 editing): the answer alphabet and EOS.
+        edit_ids = sorted({i for ch in "0123456789- " for i in tokenizer.encode(ch, add_special_tokens=False).ids}
+                          | {eos_id})
+        self.batches = BatchMaker(cfg, self.tok_spec, mask_id, eos_id, edit_ids)
+        self.mask_id = mask_id
         self.model = build_trainable(cfg.family, self.hf_config, torch.Generator().manual_seed(cfg.seed), self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
@@ -60,16 +62,12 @@ class Trainer:
         for r in self.routers:
             r.register_forward_hook(self._count_load)
         self.step_index = 0
-        self.batches = BatchMaker(cfg, self.tok_spec, self.mask_id, self.eos_id, self.edit_tokens.tolist())
 
     def _mask_id(self) -> int:
         spec = self.tok_spec
         if "mask_token" in spec.roles:
             return spec.role_id("mask_token")
         return self.hf_config["mask_token_id"]  # LLaDA: <|mdm_mask|>, named by config.json
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     # -- one step ---------------------------------------------------------------------------
     def _count_load(self, module, inputs, output) -> None:
