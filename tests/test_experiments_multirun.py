@@ -41,19 +41,20 @@ def test_grid_runs_in_one_process_and_summarizes(tiny_root, tmp_path):
     assert res[-1]["os_threads"] <= res[0]["os_threads"] + 2
     assert res[-1]["rss_mb"] - res[0]["rss_mb"] < 150
     for j in range(4):
-        assert read_offline_run(str(sweep / str(j))).group == "sweep"  # runs grouped by sweep dir
+        # runs grouped by sweep: the script and the sweep directory's last two parts
+        assert read_offline_run(str(sweep / str(j))).group == f"generate/{sweep.parent.name}_sweep"
 
     summary = run_script("summarize.py", [str(sweep)], tmp_path, tiny_root)
     assert summary.returncode == 0, summary.stderr
     header = summary.stdout.splitlines()[0]
-    assert header.startswith("| job | strategy | strategy.accept_threshold | tpf | nfe | throughput")
+    assert header.startswith("| job | strategy | strategy.accept_threshold | accuracy | tpf | mean_nfe | decode_tps")
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["strategy"], r["strategy.accept_threshold"]) for r in rows] == [
         ("multi_bd", "0.0"), ("multi_bd", "0.9"), ("d2f", "0.0"), ("d2f", "0.9")]
     for row, result in zip(rows, results):
         assert float(row["tpf"]) == pytest.approx(result["summary"]["tpf"])
-        assert float(row["nfe"]) == result["summary"]["nfe"]
+        assert float(row["mean_nfe"]) == pytest.approx(result["summary"]["mean_nfe"])
     assert float(rows[0]["tpf"]) > float(rows[1]["tpf"])  # threshold 0 fills more per forward
     assert (sweep / "summary.png").stat().st_size > 0 and (sweep / "summary.md").is_file()
 

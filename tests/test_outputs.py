@@ -86,10 +86,10 @@ def test_metrics_on_hand_built_numbers():
                             num_steps=3)
     assert out.nfe == 5
     assert out.mean_nfe == 5 / 3
-    assert out.tpf == 8 / 5  # total decided / total nfe, not a mean of per-request ratios
+    assert out.tpf == 8 / 5  # total returned / total nfe, not a mean of per-request ratios
     assert out.ttft_s == 0.625  # mean over requests that decided a token: (0.5 + 0.75) / 2
     assert out.throughput == 2.0  # 8 generated / 4 s
-    assert out.decode_throughput == 4.0
+    assert out.decode_throughput == 8 / 2.5  # tokens over all step time: the prefilling steps decode too
     assert out.prefill_throughput == 12.0  # 6 prompt tokens / 0.5 s
     s = out.summary()
     assert s["tpf"] == 8 / 5 and s["nfe"] == 5.0 and s["num_generated_tokens"] == 8.0

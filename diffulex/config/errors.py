@@ -47,9 +47,13 @@ class Notes:
     """Normalizations applied while building a Config; each is logged once."""
 
     messages: list[str] = field(default_factory=list)
+    # The same, structured: {"key", "requested", "used", "why"} (what results.json records).
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
     def changed(self, name: str, user_value: Any, new_value: Any, why: str) -> None:
         """Record that a value the user set was replaced (logged as a warning)."""
         msg = f"{name}: {user_value!r} -> {new_value!r} ({why})"
         self.messages.append(msg)
+        plain = [getattr(v, "value", v) for v in (user_value, new_value)]
+        self.changes.append({"key": name, "requested": plain[0], "used": plain[1], "why": why})
         logger.warning("config normalized %s", msg)

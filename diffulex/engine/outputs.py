@@ -106,8 +106,8 @@ class Trajectory:
 
     @property
     def tpf(self) -> float:
-        """Tokens decided (mask -> token) per forward pass; 0 before any forward."""
-        return self.num_decided / self.nfe if self.nfe else 0.0
+        """Tokens per forward of this request (``metrics.tpf``: returned tokens / NFE)."""
+        return metrics.tpf([self])
 
     @property
     def ttft_s(self) -> Optional[float]:
@@ -210,7 +210,7 @@ class GenerationOutputs:
 
     @property
     def decode_throughput(self) -> float:
-        return metrics.rate(metrics.num_generated(self.trajectories), self.decode_time_s)
+        return metrics.decode_throughput(self.trajectories, self.prefill_time_s, self.decode_time_s)
 
     @property
     def prefill_throughput(self) -> float:

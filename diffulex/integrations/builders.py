@@ -66,7 +66,9 @@ def build_observer(node: Any, **context: Any) -> Any:
     cls = load_class("logger._target_", node["_target_"])
     params = inspect.signature(cls.__init__).parameters
     extra = {k: v for k, v in context.items() if k in params and node.get(k) is None}
-    observer = instantiate(node, _convert_="all", **extra)
+    # The context goes in after Hydra: instantiate would build any ``_target_`` node inside it
+    # (the run config holds the task's).
+    observer = instantiate(node, _convert_="all", _partial_=True)(**extra)
     missing = [h for h in OBSERVER_HOOKS if not callable(getattr(observer, h, None))]
     if missing:
         raise ValueError(f"logger._target_={node['_target_']!r} lacks the observer hook(s) {missing}; subclass "

@@ -1,29 +1,26 @@
 """Run one experiment from a composed Hydra config (what experiments/generate.py calls).
 
 compose → validated Config → components and observer from ``_target_`` nodes → engine →
-generate the configured prompts → print → save into the run directory → return the sweep
+generate the configured prompts → log → save into the run directory → return the sweep
 objective (``experiment.metric``: any ``GenerationOutputs.summary()`` key, or ``quality``).
 
 Files written into the run directory (Hydra's, or ``experiment.output_dir``):
 ``config.normalized.yaml`` (the Config after every rule), ``trajectories.jsonl``, and
-``results.json`` — status, overrides, summary numbers, quality, the objective and the
-process's resources after the engine exited. A failing job still writes ``results.json``
-(status ``failed`` with the error) before re-raising, so sweep tables can list it.
+``results.json`` (``diffulex.integrations.job``) — status, overrides, what ran (the normalized
+strategy and every value the rules changed), summary numbers, quality, the objective and the
+process's resources after the engine exited. A failing job still writes ``results.json``.
 
-One process runs every job of a basic-launcher multirun; each job builds its own engine
-and ``exit()`` releases it (workers, KV cache, process group, observers) before the next.
-Weights are loaded again per job: the engine owns its model runner and has no way to take
-an already-loaded model, so a cache here would have nothing to hand over.
+One process runs every job of a basic-launcher multirun; each job builds its own engine and
+``exit()`` releases it (workers, KV cache, process group, observers) before the next. Jobs that
+share a checkpoint reuse its loaded weights through the process's :data:`WEIGHTS` cache
+(``experiment.reuse_weights``), so a sweep reads the checkpoint once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import multiprocessing
 import os
-import threading
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,32 +31,10 @@ from diffulex.engine.outputs import GenerationOutputs
 from diffulex.engine.weight_cache import WeightCache
 from diffulex.integrations.builders import build_components, build_observer
 from diffulex.integrations.hydra_store import config_from_hydra
+from diffulex.integrations.job import Job, what_ran
 from diffulex.integrations.prompts import load_prompts
 
 log = logging.getLogger(__name__)
-RESULTS_FILE = "results.json"
-
-
-def output_dir(cfg: DictConfig) -> str:
-    """experiment.output_dir, else Hydra's run directory, else ./outputs."""
-    if cfg.experiment.get("output_dir"):
-        return str(cfg.experiment.output_dir)
-    job = _hydra_job()
-    return job["output_dir"] if job else os.path.abspath("outputs")
-
-
-def _hydra_job() -> Optional[dict[str, Any]]:
-    """Run dir, sweep name, job name and overrides of the current Hydra job; None outside @hydra.main."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    return {"output_dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task),
-            "sweep_name": os.path.basename(os.path.normpath(hc.sweep.dir)) if multirun else None,
-            "job_name": hc.job.override_dirname or None, "job_num": hc.job.get("num") if multirun else None}
 
 
 # One per process: Hydra's basic launcher runs every multirun job here, and jobs that share a
@@ -74,28 +49,13 @@ def objectives() -> list[str]:
 
 def run_experiment(cfg: DictConfig) -> float:
     """Build, generate, save; returns ``experiment.metric`` (the sweep objective)."""
-    out = output_dir(cfg)
-    os.makedirs(out, exist_ok=True)
-    job = _hydra_job() or {}
-    results: dict[str, Any] = {"status": "failed", "overrides": job.get("overrides", []),
-                               "job_num": job.get("job_num")}
-    worker = False
-    try:
+    with Job(cfg) as job:
         config = config_from_hydra(cfg)
         if config.parallel.launched_rank() > 0:
-            worker = True
+            job.worker = True
             _serve_as_worker(cfg, config)
-        value = _run(cfg, config, out, job, results)
-        results["status"] = "ok"
-        return value
-    except BaseException as e:
-        results["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        if not worker:  # under torchrun only rank 0 writes the job's results
-            results["resources"] = process_resources()
-            with open(os.path.join(out, RESULTS_FILE), "w") as f:
-                json.dump(results, f, indent=2)
+        job.results.update(what_ran(config))
+        return _run(cfg, config, job)
 
 
 def _serve_as_worker(cfg: DictConfig, config: Any) -> None:
@@ -107,30 +67,30 @@ def _serve_as_worker(cfg: DictConfig, config: Any) -> None:
     raise RuntimeError("a torchrun worker rank returned from Diffulex(...); it should have ended its process")
 
 
-def _run(cfg: DictConfig, config: Any, out: str, job: dict[str, Any], results: dict[str, Any]) -> float:
+def _run(cfg: DictConfig, config: Any, job: Job) -> float:
     exp = cfg.experiment
     metric = str(exp.get("metric") or "tpf")
     if metric not in objectives():
         raise ValueError(f"experiment.metric={metric!r} is unknown; choose one of {objectives()}")
     prompts, source = load_prompts(_plain(exp.get("prompts")), exp.get("prompt_file"), exp.get("prompt_set"))
     params = SamplingParams(**_plain(exp.sampling_params))
-    with open(os.path.join(out, "config.normalized.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(config.to_dict())))
+    out, results = job.out, job.results
+    write_normalized_config(config, job.path("config.normalized.yaml"))
     components = build_components(cfg.get("components"), config)
-    observer = build_observer(cfg.logger, run_config=config.to_dict(), run_dir=out,
-                              sweep_name=job.get("sweep_name"), job_name=job.get("job_name"))
-    print(f"{len(prompts)} prompt(s) from {source}")
+    observer = build_observer(cfg.logger, run_config=run_config(cfg, config), run_dir=out,
+                              sweep_name=job.info.get("sweep_name"), job_name=job.info.get("job_name"))
+    log.info("%d prompt(s) from %s", len(prompts), source)
     cache = WEIGHTS if exp.get("reuse_weights", True) else None
     with Diffulex(config, components=components, observers=[observer], weight_cache=cache) as llm:
         outputs = llm.generate([p.text for p in prompts], params, use_tqdm=len(prompts) > 1)
     for traj in outputs.trajectories:
-        print(f"[{traj.index}] ({traj.finish_reason}, nfe={traj.nfe}) {traj.text!r}")
+        log.info("[%d] (%s, nfe=%d) %r", traj.index, traj.finish_reason, traj.nfe, traj.text)
     outputs.save_jsonl(os.path.join(out, "trajectories.jsonl"))
     results["weights"] = {"reused": WEIGHTS.hits, "loaded": WEIGHTS.loads} if cache is not None else None
     summary = outputs.summary()
     quality = exact_match([t.text for t in outputs], [p.reference for p in prompts])
-    print("summary: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
-          + ("" if quality is None else f", quality={quality:.4g}"))
+    log.info("summary: %s", ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
+             + ("" if quality is None else f", quality={quality:.4g}"))
     if metric == "quality" and quality is None:
         raise ValueError(f"experiment.metric=quality needs prompts with references; {source} has none "
                          "(use experiment.prompt_set=arith or a .jsonl file with 'reference' fields)")
@@ -149,15 +109,14 @@ def _component_names(components: Any) -> dict[str, str]:
     return {k: f"{v.__module__}.{v.__qualname__}" for k, v in vars(components).items() if v is not None}
 
 
-def process_resources() -> dict[str, Any]:
-    """This process's resident memory (MiB, Linux), OS threads, Python threads and live child processes."""
-    rss_mb, os_threads = None, None
-    try:
-        with open("/proc/self/status") as f:
-            status = dict(line.split(":", 1) for line in f if ":" in line)
-        rss_mb = int(status["VmRSS"].split()[0]) / 1024
-        os_threads = int(status["Threads"])
-    except (OSError, KeyError, ValueError):  # not Linux: the numbers are optional
-        pass
-    return {"rss_mb": rss_mb, "os_threads": os_threads, "python_threads": threading.active_count(),
-            "children": len(multiprocessing.active_children())}
+def write_normalized_config(config: Any, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(config.to_dict())))
+
+
+def run_config(cfg: DictConfig, config: Any) -> dict[str, Any]:
+    """What a logger records as the run's config: the normalized Config plus the experiment-only
+    nodes (prompts, sampling params, objective; the task for an evaluation) and the config rules'
+    changes."""
+    extra = {k: _plain(cfg.get(k)) for k in ("experiment", "task") if cfg.get(k) is not None}
+    return {**config.to_dict(), **extra, "normalized": list(config.notes.changes)}

@@ -5,7 +5,7 @@ overrides read ``strategy=dmax model=llada2_mini strategy.accept_threshold=0.8
 model_root=/x``. Next to them it has three experiment-only nodes: ``logger`` (a group of
 ``_target_`` observer presets), ``components`` (engine classes to swap in) and
 ``experiment`` (prompts, per-request sampling parameters, objective, output). Its schema, :class:`ExperimentConfig`, is :class:`~diffulex.config.Config`
-plus those nodes, so unknown keys and wrongly typed values fail while composing.
+plus those nodes (and ``task``, the evaluation task of ``conf/evaluate.yaml``), so unknown keys and wrongly typed values fail while composing.
 :func:`config_from_hydra` keeps only the Config fields and builds the Config through
 ``OmegaConf.to_object``, which runs ``Config.__init__`` and therefore every rule.
 """
@@ -40,6 +40,8 @@ class ExperimentConfig(Config):
     components: Dict[str, Any] = field(default_factory=dict)
     # What to run and where to put the results: prompts, sampling_params, output_dir.
     experiment: Dict[str, Any] = field(default_factory=dict)
+    # The evaluation task, a ``_target_`` node (conf/task/*.yaml; only conf/evaluate.yaml sets it).
+    task: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("ExperimentConfig is a composition schema only; build the engine config "

@@ -1,0 +1,22 @@
+"""Evaluate a task through the engine: ``python experiments/evaluate.py task=add2 strategy=multi_bd``.
+
+Writes results.json and samples.jsonl into Hydra's run directory and returns the metric
+(``experiment.metric``, accuracy by default) to a sweeper. Tasks: ``conf/task/``.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from diffulex.integrations.evaluation import run_evaluation
+from diffulex.integrations.hydra_store import register_configs
+
+register_configs()  # the schemas must be in the ConfigStore before Hydra composes
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+def main(cfg: DictConfig) -> float:
+    return run_evaluation(cfg)
+
+
+if __name__ == "__main__":
+    main()
