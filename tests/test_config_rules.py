@@ -86,15 +86,24 @@ def test_diffusion_gemma_uses_native_defaults(tiny_path, tmp_path, caplog, canva
     """The seed's rule: block 256, page 256, buffer 1 (a 256 canvas, or a config that declares none)."""
     path = _gemma_with_canvas(tiny_path, tmp_path, canvas)
     with caplog.at_level(logging.WARNING, logger="diffulex.config"):
-        cfg = Config(path, model_name="diffusion_gemma", decoding_strategy="multi_bd", page_size=32, buffer_size=4)
+        cfg = Config(path, model_name="diffusion_gemma", page_size=32, buffer_size=4)
     s = cfg.strategy
     assert s.name == StrategyName.DIFFUSION_GEMMA
     assert (s.block_size, cfg.cache.page_size, s.buffer_size) == (256, 256, 1)
     msgs = " ".join(r.getMessage() for r in caplog.records)
-    for name in ("strategy.name", "cache.page_size", "strategy.buffer_size"):
+    for name in ("cache.page_size", "strategy.buffer_size"):
         assert name in msgs
+    # ... and recorded, for results.json and sweep tables.
+    assert {c["key"]: c["used"] for c in cfg.notes.changes} == {"cache.page_size": 256, "strategy.buffer_size": 1}
     with pytest.raises(ValueError, match="canvas_length"):
         Config(path, block_size=32)  # the model denoises 256 positions at once
+
+
+@pytest.mark.parametrize("strategy", ["multi_bd", "d2f", "vanilla", "fast_dllm_v2", "dmax"])
+def test_diffusion_gemma_refuses_a_strategy_it_cannot_run(tiny_path, strategy):
+    """Asked for explicitly, another strategy is an error (as on every family), never a silent rewrite."""
+    with pytest.raises(ValueError, match=rf"strategy.name='{strategy}' is invalid.*'diffusion_gemma'"):
+        Config(tiny_path("diffusion_gemma"), decoding_strategy=strategy)
 
 
 def test_diffusion_gemma_block_is_the_checkpoints_canvas(tiny_path):

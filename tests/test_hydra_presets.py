@@ -233,3 +233,12 @@ def test_generate_script_without_checkpoint_fails_loudly(tmp_path, tiny_root):
     proc = _run_generate(tmp_path, tiny_root, "strategy=dmax", "model=llada2_mini", "sampling=edit")
     assert proc.returncode != 0
     assert "LLaDA2.0-mini" in proc.stderr and "DIFFULEX_MODEL_ROOT" in proc.stderr
+
+
+def test_diffusion_gemma_presets_pick_the_native_strategy_and_refuse_another(compose_cfg):
+    cfg = compose_cfg("model=tiny_diffusion_gemma")
+    assert cfg.strategy.name.value == "diffusion_gemma"  # the preset chose it; nothing rewritten
+    config = config_from_hydra(cfg)
+    assert config.strategy.name.value == "diffusion_gemma" and config.notes.changes == []
+    with pytest.raises(ValueError, match="strategy.name='multi_bd' is invalid"):
+        config_from_hydra(compose_cfg("model=tiny_diffusion_gemma", "strategy=multi_bd"))

@@ -39,13 +39,10 @@ def resolve_config(cfg: "Config", flat: dict[str, Any], notes: Notes) -> None:
     cfg.family = _resolve_family(cfg, facts)
     traits = FAMILIES[cfg.family]
 
-    # Strategy: chosen by the user, else the family's native one; DiffusionGemma is native only.
+    # Strategy: chosen by the user, else the family's native one. A strategy the family cannot
+    # run is an error, never a silent rewrite (DiffusionGemma runs only its native canvas loop).
     if cfg.strategy is None:
         cfg.strategy = strategy_from_dict(traits.native_strategy, {})
-    if cfg.family == "diffusion_gemma" and cfg.strategy.name != StrategyName.DIFFUSION_GEMMA:
-        notes.changed("strategy.name", cfg.strategy.name.value, "diffusion_gemma",
-                      "model diffusion_gemma decodes only with its native canvas strategy")
-        cfg.strategy = strategy_from_dict(StrategyName.DIFFUSION_GEMMA, _common_strategy_fields(cfg.strategy))
     _apply_flat(cfg, {k: v for k, v in flat.items() if k.startswith("strategy.")}, skip_strategy=False)
     if cfg.strategy.name not in traits.strategies:
         raise config_error("strategy.name", cfg.strategy.name, f"one of {sorted(s.value for s in traits.strategies)} "
@@ -86,10 +83,6 @@ def _apply_flat(cfg: "Config", flat: dict[str, Any], skip_strategy: bool) -> Non
         setattr(group, attr, value)
         if group_name != "strategy" and hasattr(group, "validate"):
             group.validate()
-
-
-def _common_strategy_fields(strategy: Any) -> dict:
-    return {k: getattr(strategy, k) for k in ("block_size", "buffer_size", "multi_block_prefix_full")}
 
 
 def _resolve_model_path(cfg: "Config") -> None:
