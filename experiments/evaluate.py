@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from diffulex.integrations.evaluation import run_evaluation
 from diffulex.integrations.hydra_store import register_configs
+from diffulex.integrations.plugins import check_plugins
 
 register_configs()  # the schemas must be in the ConfigStore before Hydra composes
 
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_plugins()  # a launcher / sweeper preset whose plugin is missing: an install hint, exit 2
     main()

@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from diffulex.integrations.experiment import run_experiment
 from diffulex.integrations.hydra_store import register_configs
+from diffulex.integrations.plugins import check_plugins
 
 register_configs()  # the schemas must be in the ConfigStore before Hydra composes
 
@@ -15,4 +16,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_plugins()  # a launcher / sweeper preset whose plugin is missing: an install hint, exit 2
     main()

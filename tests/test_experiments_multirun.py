@@ -14,6 +14,7 @@ import importlib.util
 import json
 
 import pytest
+import yaml
 from experiments_helpers import FAST, REPO, run_script, session_processes
 from hydra import compose, initialize_config_dir
 
@@ -107,9 +108,47 @@ def _has_module(name: str) -> bool:
 
 
 @pytest.mark.skipif(not _has_module("hydra_plugins.hydra_submitit_launcher"),
-                    reason="hydra-submitit-launcher not installed (pip install -e '.[slurm]')")
+                    reason="hydra-submitit-launcher not installed (pip install -e '.[launchers]')")
 def test_slurm_launcher_preset_composes(compose_hydra):
     cfg = compose_hydra("hydra/launcher=slurm", "sweep=thresholds_strategies", "hydra.launcher.partition=gpu")
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 60
+
+
+@pytest.mark.skipif(not _has_module("hydra_plugins.hydra_joblib_launcher"),
+                    reason="hydra-joblib-launcher not installed (pip install -e '.[launchers]')")
+def test_local_parallel_launcher_runs_the_jobs(tiny_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script("evaluate.py", ["-m", "hydra/launcher=local", "task=mark", "task.limit=20",
+                                      "strategy.accept_threshold=0.5,0.9", "experiment.progress=false",
+                                      f"hydra.sweep.dir={sweep}"], tmp_path, tiny_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    values = [json.loads((sweep / j / "results.json").read_text())["value"] for j in "01"]
+    assert values[0] < values[1]  # mark: the low threshold costs accuracy
+
+
+@pytest.mark.skipif(not _has_module("hydra_plugins.hydra_optuna_sweeper"),
+                    reason="hydra-optuna-sweeper not installed (pip install -e '.[launchers]')")
+def test_optuna_search_maximizes_the_returned_metric(tiny_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script("evaluate.py", ["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", "task=mark",
+                                      "task.limit=20", "experiment.progress=false", f"hydra.sweep.dir={sweep}"],
+                      tmp_path, tiny_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    values = [json.loads((sweep / str(j) / "results.json").read_text())["value"] for j in range(3)]
+    assert best["best_value"] == max(values) and 0.3 <= best["best_params"]["strategy.accept_threshold"] <= 0.99
+
+
+def test_a_missing_plugin_gets_an_install_hint(monkeypatch):
+    from diffulex.integrations import plugins
+
+    monkeypatch.setattr(plugins, "_installed", lambda module: False)
+    hint = plugins.missing_plugin(["task=mark", "hydra/launcher=local"])
+    assert "hydra-joblib-launcher" in hint and "pip install -e '.[launchers]'" in hint
+    assert plugins.missing_plugin(["strategy=d2f"]) is None
+    with pytest.raises(SystemExit) as e:
+        plugins.check_plugins(["hydra/sweeper=search"])
+    assert e.value.code == 2

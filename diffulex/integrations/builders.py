@@ -1,9 +1,11 @@
 """Build engine components and step observers from ``_target_`` config nodes.
 
 ``components`` (conf/components/): one entry per :class:`EngineComponents` field, each an
-import path (``my_pkg.MySampler``), a ``{_target_: my_pkg.MySampler}`` node, or null for
-the class the strategy registers. Classes are passed, not instances: the engine builds
-them with its own arguments (a sampler gets the Config).
+import path (``my_pkg.MySampler``), a ``_target_`` node, or null for the class the strategy
+registers. A node may carry constructor arguments (``{_target_: my_pkg.MySampler, k: 2}``, then
+``components.sampler.k=3`` on the command line): Hydra's ``instantiate`` with ``_partial_``
+binds them, and the engine calls the result with its own arguments (a sampler gets the Config
+first). Without arguments the class itself is passed.
 
 ``logger`` (conf/logger/): one ``_target_`` node instantiated with Hydra. The runner also
 offers context values — ``run_config`` (normalized config dict), ``run_dir``,
@@ -27,13 +29,23 @@ COMPONENT_NAMES = tuple(f.name for f in fields(EngineComponents))
 OBSERVER_HOOKS = ("on_step", "on_request_finished", "on_generate_end", "close")
 
 
-def _class_path(name: str, value: Any) -> Optional[str]:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and set(value) == {"_target_"}:
-        return value["_target_"]
-    raise ValueError(f"components.{name}={value!r}: give an import path (my_pkg.MyClass), a node with only "
-                     "_target_, or null for the default")
+def _component(name: str, value: Any) -> Any:
+    """The class (or the class with its configured arguments bound) for one components entry."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return load_class(f"components.{name}", value)
+    if isinstance(value, Mapping) and "_target_" in value:
+        cls = load_class(f"components.{name}._target_", value["_target_"])
+        if set(value) == {"_target_"}:
+            return cls
+        try:
+            return instantiate(dict(value), _partial_=True, _convert_="all")
+        except Exception as e:
+            raise ValueError(f"components.{name}: cannot bind {sorted(set(value) - {'_target_'})} to "
+                             f"{value['_target_']} ({e})") from e
+    raise ValueError(f"components.{name}={value!r}: give an import path (my_pkg.MyClass), a node with "
+                     "_target_ (and constructor arguments), or null for the default")
 
 
 def load_class(where: str, path: str) -> type:
@@ -51,11 +63,7 @@ def build_components(node: Any, config: Any) -> EngineComponents:
     unknown = sorted(set(entries) - set(COMPONENT_NAMES))
     if unknown:
         raise ValueError(f"components has no entry {unknown}; its entries are {list(COMPONENT_NAMES)}")
-    chosen = {}
-    for name, value in entries.items():
-        path = _class_path(name, value)
-        if path is not None:
-            chosen[name] = load_class(f"components.{name}", path)
+    chosen = {name: _component(name, value) for name, value in entries.items()}
     return EngineComponents.for_config(config).replace(**chosen)
 
 

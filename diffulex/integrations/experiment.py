@@ -106,7 +106,15 @@ def _plain(node: Any) -> Any:
 
 
 def _component_names(components: Any) -> dict[str, str]:
-    return {k: f"{v.__module__}.{v.__qualname__}" for k, v in vars(components).items() if v is not None}
+    """``module.Class`` per component; a class with bound arguments adds them: ``module.Class(k=2)``."""
+    out = {}
+    for k, v in vars(components).items():
+        if v is None:
+            continue
+        cls = getattr(v, "func", v)  # functools.partial from instantiate(_partial_=True)
+        args = ", ".join(f"{a}={b!r}" for a, b in getattr(v, "keywords", {}).items())
+        out[k] = f"{cls.__module__}.{cls.__qualname__}" + (f"({args})" if args else "")
+    return out
 
 
 def write_normalized_config(config: Any, path: str) -> None:
