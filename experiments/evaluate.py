@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from diffulex.integrations.evaluation import run_evaluation
+from diffulex.integrations.cli import run_reporting_user_errors
 from diffulex.integrations.hydra_store import register_configs
 from diffulex.integrations.plugins import check_plugins
 
@@ -16,7 +17,7 @@ register_configs()  # the schemas must be in the ConfigStore before Hydra compos
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> float:
-    return run_evaluation(cfg)
+    return run_reporting_user_errors(run_evaluation, cfg)  # a config mistake: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from diffulex.integrations.experiment import run_experiment
+from diffulex.integrations.cli import run_reporting_user_errors
 from diffulex.integrations.hydra_store import register_configs
 from diffulex.integrations.plugins import check_plugins
 
@@ -12,7 +13,7 @@ register_configs()  # the schemas must be in the ConfigStore before Hydra compos
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
-    return run_experiment(cfg)
+    return run_reporting_user_errors(run_experiment, cfg)  # a config mistake: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -80,23 +80,25 @@ def test_failing_job_is_reported_and_leaks_nothing(tiny_root, tmp_path):
 def compose_hydra(tiny_root):
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        yield lambda *o: compose(config_name="config", overrides=list(o), return_hydra_config=True)
+        yield lambda *o, name="config": compose(config_name=name, overrides=list(o), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("sweep,params", [
-    ("thresholds_strategies", {"strategy": "d2f,multi_bd", "strategy.accept_threshold": "0.8,0.9,0.95"}),
-    ("block_buffer", {"strategy.block_size": "8,16,32", "strategy.buffer_size": "1,4"}),
+@pytest.mark.parametrize("sweep,params,name", [
+    ("thresholds_strategies", {"strategy": "d2f,multi_bd", "strategy.accept_threshold": "0.8,0.9,0.95"}, "config"),
+    ("block_buffer", {"strategy.block_size": "8,16,32", "strategy.buffer_size": "1,4"}, "config"),
+    ("tradeoff", {"task": "mark", "strategy": "multi_bd,d2f,dmax",
+                  "strategy.accept_threshold": "0.3,0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.99"}, "evaluate"),
 ])
-def test_version_controlled_sweeps_compose(compose_hydra, sweep, params):
+def test_version_controlled_sweeps_compose(compose_hydra, sweep, params, name):
     from diffulex.integrations.hydra_store import config_from_hydra
 
-    cfg = compose_hydra(f"sweep={sweep}")
+    cfg = compose_hydra(f"sweep={sweep}", name=name)
     assert dict(cfg.hydra.sweeper.params) == params
     config_from_hydra(cfg)  # the base point of the grid is a valid config
 
 
 def test_every_sweep_preset_is_tested():
-    assert {p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")} == {"thresholds_strategies", "block_buffer"}
+    assert {p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")} == {"thresholds_strategies", "block_buffer", "tradeoff"}
 
 
 def _has_module(name: str) -> bool:

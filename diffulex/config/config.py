@@ -31,7 +31,8 @@ _GROUP_TYPES = {"model": ModelConfig, "sampling": SamplingConfig, "parallel": Pa
 
 @dataclass(init=False)
 class Config:
-    """Everything an engine needs, validated. See docs/configuration.md."""
+    """Everything an engine needs, validated. The groups, every field with its default and a comment:
+    conf/ (tests/test_conf_tree.py keeps it equal to these dataclasses); the rules: resolve.py."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     # None: the family's native strategy (multi_bd for LLaDA2/SDAR, d2f for LLaDA/Dream, ...).

@@ -13,13 +13,15 @@ E = TypeVar("E", bound=type[Enum])
 
 
 def by_value(cls: E) -> E:
-    """Let ``cls["margin"]`` find a member by its value too.
+    """Name each member by its value, keeping the upper-case Python name as an alias.
 
-    OmegaConf looks str Enums up by member *name*; registering each value as an alias
-    lets YAML and command-line overrides use the documented values (``confidence=margin``).
+    OmegaConf looks str Enums up by member *name* and prints the name (``--help``, ``--cfg``,
+    saved configs): with ``member.name == member.value`` users read and type the documented
+    lower-case values (``confidence=margin``), while code keeps ``ConfidenceKind.MARGIN``.
     """
     for member in list(cls):
         cls._member_map_.setdefault(member.value, member)
+        member._name_ = member.value
     return cls
 
 

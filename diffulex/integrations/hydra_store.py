@@ -48,31 +48,35 @@ class ExperimentConfig(Config):
                         "with diffulex.integrations.hydra_store.config_from_hydra(cfg)")
 
 
+# Group schemas live under ``hydra/schema/<group>`` (a preset names its schema first:
+# ``- /hydra/schema/strategy/d2f@_here_``): Hydra leaves ``hydra/`` groups out of the app's
+# ``--help`` and of a group's option list, so users see only the presets.
 _GROUP_SCHEMAS: dict[str, list[tuple[str, type]]] = {
-    "model": [("model_schema", ModelConfig)],
-    "strategy": [(f"{name.value}_schema", cls) for name, cls in STRATEGY_CONFIGS.items()],
-    "sampling": [("naive_schema", SamplingConfig), ("edit_schema", EditSamplingConfig)],
-    "parallel": [("parallel_schema", ParallelConfig)],
-    "lora": [("lora_schema", LoRAConfig)],
-    "cache": [("cache_schema", CacheConfig)],
-    "runtime": [("runtime_schema", RuntimeConfig)],
+    "model": [("default", ModelConfig)],
+    "strategy": [(name.value, cls) for name, cls in STRATEGY_CONFIGS.items()],
+    "sampling": [("naive", SamplingConfig), ("edit", EditSamplingConfig)],
+    "parallel": [("default", ParallelConfig)],
+    "lora": [("default", LoRAConfig)],
+    "cache": [("default", CacheConfig)],
+    "runtime": [("default", RuntimeConfig)],
 }
+SCHEMA_GROUP = "hydra/schema"
 
 
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore (idempotent: storing again replaces them).
 
     Root: ``config_schema`` (Config) and ``experiment_config_schema`` (what conf/config.yaml
-    extends). Groups: ``model_schema``; ``<strategy>_schema`` for every strategy;
-    ``naive_schema`` / ``edit_schema``; ``parallel_schema``, ``lora_schema``,
-    ``cache_schema``, ``runtime_schema``. A preset names its schema first in its defaults list.
+    extends). Groups: ``hydra/schema/<group>/<name>``: ``model/default``, ``strategy/<strategy>``
+    for every strategy, ``sampling/naive`` / ``sampling/edit``, and ``default`` for parallel,
+    lora, cache and runtime. A preset names its schema first in its defaults list.
     """
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="experiment_config_schema", node=ExperimentConfig)
     for group, schemas in _GROUP_SCHEMAS.items():
         for name, cls in schemas:
-            cs.store(group=group, name=name, node=cls)
+            cs.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=cls)
 
 
 def config_from_hydra(cfg: DictConfig) -> Config:
