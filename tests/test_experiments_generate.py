@@ -46,6 +46,8 @@ def test_prompt_source_errors(kwargs, match):
 
 def test_exact_match_counts_only_prompts_with_references():
     assert exact_match(["= 42.", "x", "y"], ["42", "7", None]) == 0.5
+    assert exact_match([" 142", " 42 or 7", " -3"], ["42", "42", "-3"]) == 2 / 3  # the first number must equal it
+    assert exact_match(["the cat sat"], ["cat"]) == 1.0  # text references: contained
     assert exact_match(["x"], [None]) is None
 
 
