@@ -80,3 +80,30 @@ def test_exit_then_generate_is_a_clear_error(tiny_path):
     llm.exit()
     with pytest.raises(RuntimeError, match="exit"):
         llm.generate(["hi"])
+
+
+def _readme_commands() -> list[list[str]]:
+    """The README's ``python experiments/<hydra script> ...`` lines, comments dropped, split as a shell would."""
+    import shlex
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    lines = re.findall(r"^python (experiments/\S+\.py.*)$", text, re.M)
+    return [shlex.split(line.split("  #")[0]) for line in lines]
+
+
+def test_readme_hydra_commands_compose_as_written(tiny_root, tmp_path):
+    """Each README command line names a real script and overrides that compose (``--cfg job``);
+    the cheap ones run in full elsewhere (this file, tests/test_evaluation.py)."""
+    commands = _readme_commands()
+    assert len(commands) >= 7 and any(c[0] == "experiments/evaluate.py" for c in commands)
+    for cmd in commands:
+        script, args = cmd[0], cmd[1:]
+        assert os.path.isfile(os.path.join(ROOT, script)), script
+        if script == "experiments/summarize.py":
+            continue  # argparse, reads a sweep directory: run by tests/test_experiments_multirun.py
+        if "-m" in args:  # --cfg composes one job: the sweep's first point
+            args = [a.split("=")[0] + "=" + a.split("=", 1)[1].split(",")[0] if "=" in a else a
+                    for a in args if a != "-m"]
+        run = subprocess.run([sys.executable, os.path.join(ROOT, script), *args, "--cfg", "job"],
+                             env=_env(tiny_root), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 0, (cmd, run.stderr[-2000:])
