@@ -47,6 +47,8 @@ class SamplingParams:
             low = 0 if name == "seed" else 1
             if v is not None and (not _is_int(v) or v < low):
                 raise _bad(name, v, f"None or an int >= {low}")
+        if self.seed is not None and self.seed >= 1 << 64:  # torch.Generator takes 64-bit seeds
+            raise _bad("seed", self.seed, "None or an int in [0, 2**64 - 1]")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):

@@ -88,6 +88,14 @@ def auto_tokenizer_from_pretrained(path):
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ValueError(f"checkpoint directory {path} has no tokenizer files "
                          f"(expected one of {', '.join(_TOKENIZER_FILES)})")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{file} is not valid JSON ({exc}); the checkpoint's tokenizer files are broken: "
+                                 "copy them again from the original checkpoint") from None
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=True, local_files_only=True)
 
 
@@ -158,6 +166,13 @@ def read_checkpoint_facts(path, hf_config: PretrainedConfig) -> CheckpointFacts:
         except (json.JSONDecodeError, AttributeError) as exc:
             raise ValueError(f"{gen_file} is not a valid JSON object: {exc}") from exc
     block = _first(configs, "block_size", "bd_size", "canvas_length")
+    for names in (("vocab_size",), ("hidden_size", "d_model"), ("num_attention_heads", "n_heads"),
+                  ("num_key_value_heads", "n_kv_heads"), ("num_hidden_layers", "n_layers"),
+                  ("intermediate_size",), ("head_dim",), ("max_position_embeddings", "max_sequence_length")):
+        value = _first(configs, *names, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{Path(path) / 'config.json'}: {names[0]}={value!r} is invalid: a model dimension "
+                             "must be a positive int; the checkpoint's config.json is broken")
 
     return CheckpointFacts(
         family=family,

@@ -87,6 +87,9 @@ def _apply_flat(cfg: "Config", flat: dict[str, Any], skip_strategy: bool) -> Non
 
 def _resolve_model_path(cfg: "Config") -> None:
     m = cfg.model
+    root = cfg.model_root or os.environ.get("DIFFULEX_MODEL_ROOT", "")
+    if m.path and root and not os.path.isabs(os.path.expanduser(m.path)):
+        m.path = os.path.join(os.path.expanduser(root), os.path.expanduser(m.path))  # every relative path: under the root
     if m.tiny is not None:
         from ..tiny import TINY_FAMILIES, ensure_tiny_checkpoint, trained_families
 
@@ -104,7 +107,6 @@ def _resolve_model_path(cfg: "Config") -> None:
                                + (" --trained" if m.trained else ""))
         if not m.path:
             m.path = str(ensure_tiny_checkpoint(m.tiny, trained=m.trained))
-    root = cfg.model_root or os.environ.get("DIFFULEX_MODEL_ROOT", "")
     if not m.path:
         raise config_error("model.path", m.path, "an existing checkpoint directory",
                            "pass the checkpoint directory: Diffulex('/path/to/checkpoint', ...)")

@@ -85,19 +85,20 @@ def init_parallel_state(rank: int, world_size: int, tp: int, ep: int, dp: int, b
     dist.init_process_group(backend, init_method=init_method, rank=rank,
                             world_size=world_size, timeout=timedelta(seconds=timeout_s))
     ranks = torch.arange(world_size).reshape(dp, ep, tp)
+    timeout = timedelta(seconds=timeout_s)  # subgroups too: torch's default would be 30 minutes
     # Every rank must create every group, in the same order.
     for d in range(dp):
         for e in range(ep):
-            g = dist.new_group(ranks[d, e].tolist())
+            g = dist.new_group(ranks[d, e].tolist(), timeout=timeout)
             if rank in ranks[d, e].tolist():
                 state.tp_group = g
         for t in range(tp):
-            g = dist.new_group(ranks[d, :, t].tolist())
+            g = dist.new_group(ranks[d, :, t].tolist(), timeout=timeout)
             if rank in ranks[d, :, t].tolist():
                 state.ep_group = g
     for e in range(ep):
         for t in range(tp):
-            g = dist.new_group(ranks[:, e, t].tolist())
+            g = dist.new_group(ranks[:, e, t].tolist(), timeout=timeout)
             if rank in ranks[:, e, t].tolist():
                 state.dp_group = g
     if control:
@@ -115,6 +116,11 @@ def destroy_parallel_state(state: ParallelState) -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    # The subgroups hold the rendezvous store (its listening socket and threads): drop them
+    # (the engine's exit() then collects, so the port is closed when it returns).
+    for name in ("tp_group", "ep_group", "dp_group", "control_group"):
+        if hasattr(state, name):
+            setattr(state, name, None)
 
 
 def join_parallel_state(config: Any, rank: int) -> ParallelState:

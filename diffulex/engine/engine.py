@@ -7,9 +7,11 @@ which leaves no process, port or process group behind, and re-raises the origina
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import logging
+import threading
 import time
 from typing import Any, Optional, Sequence, Union
 
@@ -20,11 +22,13 @@ from ..config.aliases import is_config_key, near_miss
 from ..config.parallel import Launcher
 from .components import EngineComponents
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
-from .workers import WorkerGroup, Workers, join_launched_ranks
+from .workers import WorkerError, WorkerGroup, Workers, join_launched_ranks
 from ..sampling_params import SamplingParams
 from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
+from .faults import NonFiniteLogits
+from .interrupts import StepInterrupted, deferred_sigint
 from . import data_parallel
 
 logger = logging.getLogger("diffulex.engine")
@@ -109,6 +113,12 @@ class DiffulexEngine:
         self._next_id = 0
         self._step_index = 0
         self._requests: dict[int, Any] = {}
+        # Aborts asked for during a step (an observer) or from another thread wait here and are
+        # applied between steps, so a step never loses a request's pages half-way.
+        self._pending_aborts: collections.deque[int] = collections.deque()
+        self._stepping = False
+        self._owner = threading.get_ident()
+        self._clamp_logged = False  # the max_tokens clamp is logged once per engine
         self._forbidden: Optional[torch.Tensor] = None
         self._generator = torch.Generator().manual_seed(config.runtime.seed)
         self.prefill_time_s = 0.0  # wall time of steps in which some request ran its first forward
@@ -123,6 +133,10 @@ class DiffulexEngine:
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
         """Queue one prompt (text or token ids); returns its request id."""
         self._check_open()
+        return self._queue(self._new_request(prompt, sampling_params, self._next_id))
+
+    def _new_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams, req_id: int) -> Any:
+        """Validate one prompt and build its request object; changes no engine state."""
         if not hasattr(self.components.request, "plan") or self.sampler is None:
             raise ValueError(f"strategy {self.config.strategy.name.value!r}: the request class "
                              f"{self.components.request.__name__} has no plan() or no sampler is registered "
@@ -132,12 +146,24 @@ class DiffulexEngine:
         check = getattr(self.components.request, "check_sampling_params", None)
         if check is not None:
             check(sampling_params)  # a strategy may refuse knobs it cannot honour
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"prompt is not valid text: {e.reason} at character {e.start} "
+                                 f"({prompt[e.start:e.end]!r}); pass a str without lone surrogates, or token ids") from None
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        elif isinstance(prompt, Sequence):
+            ids = list(prompt)
+        else:
+            raise ValueError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
         if not ids:
             raise ValueError("prompt is empty: pass at least one token")
         vocab = self.config.checkpoint.vocab_size
-        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
-            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or t < 0 or t >= vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab}), got {bad!r} "
+                             f"(a {type(bad).__name__})")
         mask_id = self.config.model.mask_token_id
         if mask_id in ids:
             raise ValueError(f"prompt contains the mask token id {mask_id} at position {ids.index(mask_id)}; "
@@ -152,8 +178,13 @@ class DiffulexEngine:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no whole block of {block} under "
                              f"max_model_len={limit}")
         if sampling_params.max_tokens > room:
+            if not self._clamp_logged:
+                logger.warning("max_tokens=%d is more than the room under max_model_len=%d for a prompt of %d "
+                               "tokens; generating at most %d (logged once per engine)", sampling_params.max_tokens,
+                               limit, len(ids), room)
+                self._clamp_logged = True
             sampling_params = SamplingParams(**{**vars(sampling_params), "max_tokens": room})
-        req = self.components.request(self._next_id, ids, sampling_params, self.config)
+        req = self.components.request(req_id, ids, sampling_params, self.config)
         req.generator = (torch.Generator().manual_seed(sampling_params.seed)
                          if sampling_params.seed is not None else self._generator)
         req.arrival_s, req.first_token_s, req.records = time.perf_counter(), None, []
@@ -161,14 +192,32 @@ class DiffulexEngine:
         # Prefix-cache keys per data-parallel replica: a cached page's KV lives on the replica
         # that wrote it, so only requests pinned to that replica may reuse it.
         req.cache_namespace = f"dp{data_parallel.replica_of(req.req_id, dp)}/".encode() if dp > 1 else b""
-        self._next_id += 1
+        return req
+
+    def _queue(self, req: Any) -> int:
+        self._next_id = max(self._next_id, req.req_id + 1)
         self._requests[req.req_id] = req
         self.scheduler.add(req)
         return req.req_id
 
     def abort_request(self, req_id: int) -> bool:
-        """Stop a queued or running request; False when it is unknown or already done."""
+        """Stop a queued or running request; False when it is unknown or already done.
+
+        Safe at any moment: from an observer inside a step, or from another thread (a server's
+        disconnect handler), the abort is queued and applied before the next step; from the
+        engine's own thread between steps it applies at once. Its pages are freed either way.
+        """
+        req = self._requests.get(req_id)
+        if req is None or getattr(req, "is_finished", False):
+            return False
+        if self._stepping or threading.get_ident() != self._owner:
+            self._pending_aborts.append(req_id)
+            return True
         return self.scheduler.abort(req_id)
+
+    def _apply_pending_aborts(self) -> None:
+        while self._pending_aborts:
+            self.scheduler.abort(self._pending_aborts.popleft())
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()
@@ -176,6 +225,21 @@ class DiffulexEngine:
     def step(self) -> list[Any]:
         """Run one forward for the scheduled requests; returns the requests that finished."""
         self._check_open()
+        self._apply_pending_aborts()
+        self._stepping = True
+        try:
+            if self.workers is None:
+                return self._step()
+            try:
+                with deferred_sigint():  # several ranks: a Ctrl-C waits for the step to end on all of them
+                    return self._step()
+            except StepInterrupted:
+                self._broken = "a second Ctrl-C stopped a multi-rank step half-way (the ranks are out of step)"
+                raise
+        finally:
+            self._stepping = False
+
+    def _step(self) -> list[Any]:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -186,7 +250,14 @@ class DiffulexEngine:
         logits = self._forward(reqs, batch)
         if self._forbidden is None:
             self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
-        decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
+        try:
+            decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
+        except NonFiniteLogits as e:
+            raise RuntimeError(
+                f"the model produced non-finite logits (NaN or inf) for request(s) "
+                f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
+                "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')") from None
+        self._check_progress(reqs, plans, decisions)
         elapsed = time.perf_counter() - t0
         if any(req.nfe == 0 for req in reqs):
             self.prefill_time_s += elapsed
@@ -206,6 +277,22 @@ class DiffulexEngine:
             self.scheduler.finish(req)
         self._step_index += 1
         return finished
+
+    @staticmethod
+    def _check_progress(reqs: list[Any], plans: list[Any], decisions: list[Any]) -> None:
+        """A request whose step had to fill a forced block and changed nothing would loop forever:
+        an error instead (the sampler's rules guarantee progress unless its inputs are broken)."""
+        stuck = []
+        for req, plan, d in zip(reqs, plans, decisions):
+            if d.fills or d.edits or d.remasks or not any(plan.forced):
+                continue
+            masks_of = getattr(req, "masks_in", None)
+            if masks_of is not None and any(f and masks_of(b) > 0 for b, f in zip(plan.blocks, plan.forced)):
+                stuck.append(req.req_id)
+        if stuck:
+            raise RuntimeError(f"request(s) {stuck} made no progress in a step that had to fill a block (a forced "
+                               "block got no token): the sampler's inputs are broken, e.g. non-finite "
+                               "confidences; stopping instead of looping")
 
     def _forward(self, reqs: list[Any], batch: Any) -> torch.Tensor:
         """One forward of the packed batch on every rank; rank 0's logits [M, V].
@@ -277,17 +364,22 @@ class DiffulexEngine:
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one or one each")
         start = time.perf_counter()
         prefill0, decode0, steps0 = self.prefill_time_s, self.decode_time_s, self._step_index
+        # Every prompt is validated before any is queued: a bad one leaves nothing behind.
+        new = [self._new_request(prompt, sp, self._next_id + i) for i, (prompt, sp) in enumerate(zip(prompts, params))]
         ids = []
         try:
-            for prompt, sp in zip(prompts, params):
-                ids.append(self.add_request(prompt, sp))
+            for req in new:
+                ids.append(self._queue(req))
             bar = _progress(len(ids), use_tqdm)
             while not self.is_finished():
                 bar.update(len(self.step()))
+                self._apply_pending_aborts()  # one that arrived during the last step ends the loop
             bar.close()
         except BaseException:
+            self._pending_aborts.clear()
             for req_id in ids:
-                self.abort_request(req_id)
+                self.scheduler.abort(req_id)
+                self._requests.pop(req_id, None)
             raise
         wall = time.perf_counter() - start
         trajs = [self._trajectory(i, self._requests.pop(req_id)) for i, req_id in enumerate(ids)]
@@ -314,6 +406,9 @@ class DiffulexEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this engine was shut down with exit(); build a new one")
+        broken = getattr(self, "_broken", None) or getattr(self.workers, "broken", None)
+        if broken:
+            raise WorkerError(f"{broken}; this engine is closed, build a new one (exit() still cleans up)")
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """Run ``runner.method(*args)`` on every rank; results in rank order."""
@@ -354,10 +449,14 @@ class DiffulexEngine:
                 if parallel is not None:
                     destroy_parallel_state(parallel)
         self.scheduler = None
+        del runner, workers, parallel
         # Undo _start's gc.freeze(): frozen objects are never collected, so anything of this
         # engine caught in a reference cycle (GPU tensors included) would outlive it, e.g.
-        # across the jobs of a sweep. The next engine freezes its own objects again.
+        # across the jobs of a sweep. The next engine freezes its own objects again. Collect
+        # now: the model's process groups hold the rendezvous store (a listening port, threads,
+        # descriptors), which must be gone when exit() returns.
         gc.unfreeze()
+        gc.collect()
 
     def __enter__(self) -> "DiffulexEngine":
         return self

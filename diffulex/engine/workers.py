@@ -259,6 +259,16 @@ class WorkerGroup(Workers):
     def __init__(self) -> None:
         self.processes: list[mp.Process] = []
         self.conns: list[Any] = []
+        self.broken: Optional[str] = None  # set when a worker died: every later call says so
+
+    def _dead(self, index: int, what: str) -> WorkerError:
+        proc = self.processes[index]
+        proc.join(0.5)
+        code = proc.exitcode
+        how = (f"died (signal {-code})" if code is not None and code < 0 else
+               f"exited with code {code}" if code is not None else "stopped answering")
+        self.broken = f"worker rank {index + 1} {how}"
+        return WorkerError(f"{self.broken} {what}; this engine is closed, build a new one")
 
     @property
     def size(self) -> int:
@@ -279,22 +289,28 @@ class WorkerGroup(Workers):
         return group
 
     def send_to(self, index: int, method: str, *args: Any) -> None:
-        self.conns[index].send((method, args))
+        if self.broken:
+            raise WorkerError(f"{self.broken}; this engine is closed, build a new one")
+        try:
+            self.conns[index].send((method, args))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            raise self._dead(index, f"before {method!r} could be sent") from None
 
     def expect(self, index: int, wanted: str, timeout_s: Optional[float] = None) -> Any:
+        if self.broken:
+            raise WorkerError(f"{self.broken}; this engine is closed, build a new one")
         conn, proc = self.conns[index], self.processes[index]
         waited = 0.0
         while not conn.poll(0.1):
             waited += 0.1
             if not proc.is_alive() and not conn.poll(0):
-                raise WorkerError(f"worker rank {index + 1} exited with code {proc.exitcode} "
-                                  f"before sending {wanted!r}")
+                raise self._dead(index, f"before sending {wanted!r}")
             if timeout_s is not None and waited > timeout_s:
                 raise TimeoutError(f"worker rank {index + 1} sent no {wanted!r} within {timeout_s:.0f}s")
         try:
             message = conn.recv()
-        except EOFError:
-            raise WorkerError(f"worker rank {index + 1} closed its pipe before {wanted!r}") from None
+        except (EOFError, ConnectionResetError, OSError):
+            raise self._dead(index, f"closed its pipe before {wanted!r}") from None
         return _unpack_reply(index, wanted, message)
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ def load_prompts(prompts: Optional[Sequence[Any]] = None, prompt_file: Optional[
         return read_prompt_file(prompt_file), f"experiment.prompt_file={prompt_file}"
     if prompt_set:
         path = PROMPT_SET_DIR / f"{prompt_set}.jsonl"
-        if not path.is_file():
+        if str(prompt_set) not in prompt_sets():  # a name, never a path (a file goes through prompt_file)
             raise ValueError(f"experiment.prompt_set={prompt_set!r} is not a shipped prompt set; "
                              f"choose one of {prompt_sets()} or pass experiment.prompt_file=<path>")
         return read_prompt_file(str(path)), f"experiment.prompt_set={prompt_set}"

@@ -21,6 +21,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     index = root / INDEX_FILE
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
+        outside = sorted({n for n in weight_map.values()
+                          if Path(n).is_absolute() or not (root / n).resolve().is_relative_to(root.resolve())})
+        if outside:
+            raise ValueError(f"{index} names shards outside the checkpoint folder: {outside}; a shard must be a "
+                             "file inside the folder (no absolute path, no '..')")
         files = [root / name for name in sorted(set(weight_map.values()))]
         missing = [str(f) for f in files if not f.exists()]
         if missing:

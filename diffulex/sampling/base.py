@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..engine.batch import host_to_device, rows_on
+from ..engine.faults import NonFiniteLogits
 
 
 @dataclass
@@ -74,6 +75,9 @@ def fills_per_request(num_reqs: int, take: torch.Tensor, row_request: torch.Tens
     """
     host = torch.stack([take.long(), row_request.long(), row_position.long(), tokens.long(),
                         conf.double().view(torch.long)]).cpu()  # [5, M]: the one host sync
+    finite = torch.isfinite(host[4].view(torch.float64))  # [M], on the host: NaN / inf logits give NaN conf
+    if not bool(finite.all()):
+        raise NonFiniteLogits(sorted(set(host[1][~finite].tolist())))
     sel = host[:, host[0] != 0]  # [5, F]
     req, pos, tok = sel[1:4].tolist()
     fills = list(zip(pos, tok, sel[4].view(torch.float64).tolist()))
