@@ -306,7 +306,9 @@ class WorkerGroup(Workers):
             if not proc.is_alive() and not conn.poll(0):
                 raise self._dead(index, f"before sending {wanted!r}")
             if timeout_s is not None and waited > timeout_s:
-                raise TimeoutError(f"worker rank {index + 1} sent no {wanted!r} within {timeout_s:.0f}s")
+                # Its reply may still come: a later command must never read it as its own.
+                self.broken = f"worker rank {index + 1} sent no {wanted!r} within {timeout_s:.0f}s"
+                raise TimeoutError(f"{self.broken}; this engine is closed, build a new one")
         try:
             message = conn.recv()
         except (EOFError, ConnectionResetError, OSError):
