@@ -220,3 +220,50 @@ def test_a_block_larger_than_a_page_gives_the_same_tokens(family, strategy):
         with Diffulex(path, decoding_strategy=strategy, block_size=32, page_size=page, accept_threshold=0.7) as llm:
             tokens[page] = [t.token_ids for t in llm.generate(prompts, SamplingParams(max_tokens=40))]
     assert tokens[8] == tokens[32] and tokens[4] == tokens[32]
+
+
+def _marked_checkpoint(trained: str, dst) -> str:
+    """A copy whose configuration module and tokenizer module append to $DIFFULEX_TEST_MARKER when they run."""
+    import json
+
+    shutil.copytree(trained, dst)
+    module = next(dst.glob("configuration_*.py"))
+    mark = "import os\nopen(os.environ['DIFFULEX_TEST_MARKER'], 'a').write('ran\\n')\n"
+    module.write_text(mark + module.read_text())
+    (dst / "tokenization_marked.py").write_text(
+        mark + "from transformers import PreTrainedTokenizerFast\n\n\nclass MarkedTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    tok = json.loads((dst / "tokenizer_config.json").read_text())
+    tok["auto_map"] = {"AutoTokenizer": [None, "tokenization_marked.MarkedTokenizer"]}
+    tok["tokenizer_class"] = "MarkedTokenizer"
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok))
+    return str(dst)
+
+
+def test_trust_remote_code_false_runs_no_checkpoint_code(trained, tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    path = _marked_checkpoint(trained, tmp_path / "ckpt")
+    marker = tmp_path / "marker"
+    code = ("import sys; from diffulex import Diffulex, SamplingParams\n"
+            "with Diffulex(sys.argv[1], trust_remote_code=sys.argv[2] == 'true') as llm:\n"
+            "    print(llm.generate(['Solve: 12 + 30.'], SamplingParams(max_tokens=8))[0].text)\n")
+    env = {**__import__("os").environ, "DIFFULEX_TEST_MARKER": str(marker), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    seed_rule = subprocess.run([sys.executable, "-c", code, path, "true"], env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert seed_rule.returncode == 0, seed_rule.stderr[-2000:]
+    assert seed_rule.stdout.split()[-1] == "42" and marker.read_text().startswith("ran")  # the seed's default
+    marker.unlink()
+    safe = subprocess.run([sys.executable, "-c", code, path, "false"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert safe.returncode == 0, safe.stderr[-2000:]
+    assert safe.stdout.split()[-1] == "42" and not marker.exists()  # same answer, no checkpoint code ran
+    # A model type Diffulex does not implement, which would need its code: refused when untrusted.
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**cfg, "model_type": "mystery_moe"}))
+    from diffulex.config import Config
+
+    with pytest.raises(ValueError, match=r"needs the checkpoint's own code .*model.trust_remote_code is false"):
+        Config(path, trust_remote_code=False)

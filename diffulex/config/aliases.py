@@ -14,6 +14,7 @@ FLAT_ALIASES: dict[str, str] = {
     "dtype": "model.dtype",
     "tiny": "model.tiny",
     "trained": "model.trained",
+    "trust_remote_code": "model.trust_remote_code",
     # strategy (decoding_strategy picks the strategy class)
     "decoding_strategy": "strategy.name",
     "block_size": "strategy.block_size",

@@ -59,31 +59,41 @@ def _read_config_dict(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_hf_config(path) -> PretrainedConfig:
+def load_hf_config(path, trust_remote_code: bool = True) -> PretrainedConfig:
     """Load ``path``'s HF config fully offline (ValueError if config.json is missing/malformed).
 
-    Uses the checkpoint's own configuration module when ``auto_map`` names one that is
-    present; otherwise our registered fallback class (or transformers' native one).
+    ``trust_remote_code`` (the seed's rule, default): the checkpoint's own configuration module
+    when ``auto_map`` names one that is present (it runs); otherwise our registered fallback
+    class (or transformers' native one). False: never the checkpoint's module — our class for
+    the families Diffulex implements, transformers' for its own model types, else an error.
     """
     path = Path(path)
     data = _read_config_dict(path)
     register_fallback_configs()
     auto_cfg = (data.get("auto_map") or {}).get("AutoConfig")
     module_file = path / (auto_cfg.rsplit(".", 1)[0] + ".py") if isinstance(auto_cfg, str) else None
-    if module_file is not None and module_file.is_file():
+    if trust_remote_code and module_file is not None and module_file.is_file():
         return AutoConfig.from_pretrained(str(path), trust_remote_code=True, local_files_only=True)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = data["model_type"]
     if model_type not in CONFIG_MAPPING:
+        if not trust_remote_code and module_file is not None:
+            raise ValueError(f"{path}: model_type {model_type!r} needs the checkpoint's own code "
+                             f"({module_file.name}), and model.trust_remote_code is false; set it to true "
+                             "to run that code, or use a checkpoint of a family Diffulex implements")
         raise ValueError(f"{path}: unknown model_type {model_type!r} and no configuration module shipped")
     # auto_map may point at a module that is not there: build from the dict, without remote code.
     data = {k: v for k, v in data.items() if k != "auto_map"}
     return CONFIG_MAPPING[model_type].from_dict(data)
 
 
-def auto_tokenizer_from_pretrained(path):
-    """Load the checkpoint's tokenizer offline (ValueError if no tokenizer files)."""
+def auto_tokenizer_from_pretrained(path, trust_remote_code: bool = True):
+    """Load the checkpoint's tokenizer offline (ValueError if no tokenizer files).
+
+    ``trust_remote_code=False``: a tokenizer whose ``auto_map`` names a module in the folder is
+    loaded from ``tokenizer.json`` with the fast tokenizer class instead (the module never runs).
+    """
     path = Path(path)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ValueError(f"checkpoint directory {path} has no tokenizer files "
@@ -96,7 +106,16 @@ def auto_tokenizer_from_pretrained(path):
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{file} is not valid JSON ({exc}); the checkpoint's tokenizer files are broken: "
                                  "copy them again from the original checkpoint") from None
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=True, local_files_only=True)
+    if not trust_remote_code:
+        config = json.loads((path / "tokenizer_config.json").read_text()) if (path / "tokenizer_config.json").is_file() else {}
+        if (config.get("auto_map") or {}).get("AutoTokenizer"):
+            if not (path / "tokenizer.json").is_file():
+                raise ValueError(f"{path}: the tokenizer needs the checkpoint's own code (auto_map) and has no "
+                                 "tokenizer.json, while model.trust_remote_code is false; set it to true")
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Config:
 
         self.__dict__.update(state)
         if "model" in state:
-            self.hf_config = load_hf_config(self.model.path)
+            self.hf_config = load_hf_config(self.model.path, self.model.trust_remote_code)
 
     def to_dict(self) -> dict:
         """The normalized config as plain data (what experiments save and log)."""

@@ -30,9 +30,18 @@ class ModelConfig:
     # Mask token id. None: the tokenizer's mask token, else the HF config's mask_token_id.
     # An explicit value always wins.
     mask_token_id: Optional[int] = None
+    # True (the seed's rule): the HF config is loaded with AutoConfig(trust_remote_code=True), so
+    # a checkpoint's configuration / tokenization modules run. False: no code from the checkpoint
+    # folder runs; the natively implemented families load through Diffulex's own config classes
+    # and the `tokenizers` files, and a checkpoint that would need its code is refused.
+    trust_remote_code: bool = True
 
     def validate(self) -> None:
         self.dtype = coerce_enum(DType, "model.dtype", self.dtype)
+        if not isinstance(self.trust_remote_code, bool):
+            from .errors import config_error
+            raise config_error("model.trust_remote_code", self.trust_remote_code, "True or False",
+                               "pass trust_remote_code=False to run no code from the checkpoint folder")
         if not isinstance(self.trained, bool) or (self.trained and self.tiny is None):
             from .errors import config_error
             raise config_error("model.trained", self.trained, "a bool, true only together with model.tiny",

@@ -34,7 +34,7 @@ def resolve_config(cfg: "Config", flat: dict[str, Any], notes: Notes) -> None:
     cfg.model.validate()
 
     _resolve_model_path(cfg)
-    cfg.hf_config = load_hf_config(cfg.model.path)
+    cfg.hf_config = load_hf_config(cfg.model.path, cfg.model.trust_remote_code)
     cfg.checkpoint = facts = read_checkpoint_facts(cfg.model.path, cfg.hf_config)
     cfg.family = _resolve_family(cfg, facts)
     traits = FAMILIES[cfg.family]
@@ -61,7 +61,7 @@ def resolve_config(cfg: "Config", flat: dict[str, Any], notes: Notes) -> None:
     validate_parallel(cfg, facts)
     validate_lora(cfg)
     validate_runtime(cfg, facts, notes)
-    _resolve_tokenizer(cfg, auto_tokenizer_from_pretrained(cfg.model.path), facts)
+    _resolve_tokenizer(cfg, auto_tokenizer_from_pretrained(cfg.model.path, cfg.model.trust_remote_code), facts)
 
 
 def _apply_flat(cfg: "Config", flat: dict[str, Any], skip_strategy: bool) -> None:
