@@ -24,3 +24,12 @@ def test_every_doc_the_code_and_docs_name_exists():
         named |= set(re.findall(r"\bdocs/[\w-]+\.md\b", path.read_text(errors="ignore")))
     missing = sorted(n for n in named if not (REPO / n).is_file())
     assert not missing, f"referenced but missing: {missing}"
+
+
+def test_the_test_set_up_installs_what_the_documented_commands_need():
+    """README / experiments README name jupyter lab, summarize.py's PNG, lm-eval and the launchers."""
+    import importlib.util
+
+    for module in ("jupyterlab", "matplotlib", "lm_eval", "hydra_plugins.hydra_joblib_launcher",
+                   "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher"):
+        assert importlib.util.find_spec(module) is not None, f"{module} missing: scripts/test.sh must install it"

@@ -38,6 +38,7 @@ def test_generate_script_runs_on_the_default_tiny_model(tiny_root, tmp_path):
                          env=_env(tiny_root), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "summary:" in run.stdout and "nfe=" in run.stdout
+    assert "summary:" in (tmp_path / "generate.log").read_text()  # results go through the logger: the run's log has them
     outputs = GenerationOutputs.load_jsonl(tmp_path / "trajectories.jsonl")
     # The default is the trained tiny LLaDA2: it answers the demo prompt, then EOS ends it.
     assert len(outputs) == 1 and outputs[0].text.split()[0] == "42" and outputs[0].finish_reason == "eos"
