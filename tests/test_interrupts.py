@@ -101,3 +101,15 @@ def test_deferred_sigint_holds_one_ctrl_c_and_gives_way_to_a_second():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.timeout(60)
+def test_a_late_reply_is_dropped_by_its_sequence_number(tiny_path):
+    """The reply to a command rank 0 gave up on never answers the next command."""
+    with Diffulex(tiny_path("llada2"), block_size=8, tensor_parallel_size=2) as llm:
+        workers = llm.workers
+        base = llm.generate(PROMPTS[:1], PARAMS)
+        # An abandoned command: sent, its reply never read (as after an interrupt), then real steps.
+        workers.send_to(0, "__sizeof__")
+        out = llm.generate(PROMPTS[:1], PARAMS)  # the first reply read is the stale one: dropped by its number
+        assert out[0].token_ids == base[0].token_ids

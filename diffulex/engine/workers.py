@@ -57,7 +57,7 @@ def _pack_error(exc: BaseException) -> tuple[Any, str]:
 
 def _unpack_reply(index: int, wanted: str, message: Any) -> Any:
     """The payload of worker ``index``'s ``wanted`` message; its error re-raised on rank 0."""
-    kind, payload = message
+    kind, payload = message[0], message[1]
     if kind == "error":
         exc, tb = payload
         if hasattr(exc, "add_note"):
@@ -79,19 +79,23 @@ def _serve(runner: Any, conn: Any) -> bool:
     """
     while True:
         try:
-            method, args = conn.recv()
+            message = conn.recv()
         except EOFError:  # rank 0 went away
             return False
+        # (method, args), or (seq, method, args) from a driver that numbers its commands: the
+        # reply then carries the number, so a late reply is never read as a later command's.
+        seq, (method, args) = (message[0], message[1:]) if len(message) == 3 else (None, message)
+        tag = () if seq is None else (seq,)
         if method == "exit":
             try:
                 runner.exit()
             finally:
-                conn.send(("ok", None))
+                conn.send(("ok", None, *tag))
             return True
         try:
-            conn.send(("ok", getattr(runner, method)(*args)))
+            conn.send(("ok", getattr(runner, method)(*args), *tag))
         except BaseException as exc:
-            conn.send(("error", _pack_error(exc)))
+            conn.send(("error", _pack_error(exc), *tag))
 
 
 def _worker_main(runner_factory: Callable[..., Any], config: Any, rank: int, conn: Any) -> None:
@@ -260,6 +264,8 @@ class WorkerGroup(Workers):
         self.processes: list[mp.Process] = []
         self.conns: list[Any] = []
         self.broken: Optional[str] = None  # set when a worker died: every later call says so
+        self._seq: list[int] = []  # per worker: the number of the last command sent
+        self.timeout_s: Optional[float] = None  # deadline of every command's reply (parallel.timeout_s)
 
     def _dead(self, index: int, what: str) -> WorkerError:
         proc = self.processes[index]
@@ -286,13 +292,16 @@ class WorkerGroup(Workers):
             child.close()
             group.processes.append(p)
             group.conns.append(parent)
+            group._seq.append(0)
+        group.timeout_s = float(config.parallel.timeout_s)
         return group
 
     def send_to(self, index: int, method: str, *args: Any) -> None:
         if self.broken:
             raise WorkerError(f"{self.broken}; this engine is closed, build a new one")
+        self._seq[index] += 1
         try:
-            self.conns[index].send((method, args))
+            self.conns[index].send((self._seq[index], method, args))
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             raise self._dead(index, f"before {method!r} could be sent") from None
 
@@ -300,20 +309,26 @@ class WorkerGroup(Workers):
         if self.broken:
             raise WorkerError(f"{self.broken}; this engine is closed, build a new one")
         conn, proc = self.conns[index], self.processes[index]
-        waited = 0.0
-        while not conn.poll(0.1):
-            waited += 0.1
-            if not proc.is_alive() and not conn.poll(0):
-                raise self._dead(index, f"before sending {wanted!r}")
-            if timeout_s is not None and waited > timeout_s:
-                # Its reply may still come: a later command must never read it as its own.
-                self.broken = f"worker rank {index + 1} sent no {wanted!r} within {timeout_s:.0f}s"
-                raise TimeoutError(f"{self.broken}; this engine is closed, build a new one")
-        try:
-            message = conn.recv()
-        except (EOFError, ConnectionResetError, OSError):
-            raise self._dead(index, f"closed its pipe before {wanted!r}") from None
-        return _unpack_reply(index, wanted, message)
+        if timeout_s is None and wanted == "ok":  # a command's reply: parallel.timeout_s (not start-up,
+            timeout_s = self.timeout_s            # whose weight loading may take longer)
+        while True:
+            waited = 0.0
+            while not conn.poll(0.1):
+                waited += 0.1
+                if not proc.is_alive() and not conn.poll(0):
+                    raise self._dead(index, f"before sending {wanted!r}")
+                if timeout_s is not None and waited > timeout_s:
+                    # Its reply may still come: a later command must never read it as its own.
+                    self.broken = f"worker rank {index + 1} sent no {wanted!r} within {timeout_s:.0f}s"
+                    raise TimeoutError(f"{self.broken}; this engine is closed, build a new one")
+            try:
+                message = conn.recv()
+            except (EOFError, ConnectionResetError, OSError):
+                raise self._dead(index, f"closed its pipe before {wanted!r}") from None
+            if len(message) == 3 and message[2] != self._seq[index]:
+                logger.debug("worker rank %d: dropped a late reply to command %d", index + 1, message[2])
+                continue  # the reply to an earlier command that was given up on
+            return _unpack_reply(index, wanted, message)
 
     def close(self) -> None:
         """Ask workers to exit, then join, terminate, kill; safe to call repeatedly."""
