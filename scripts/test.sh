@@ -6,8 +6,8 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/pip install -q "torch==2.13.0"
-# Every optional extra, so their tests run: lm-eval, the Hydra launchers, the notebook stack.
-.venv/bin/pip install -q -e ".[test,eval,launchers,notebook]"
+# Every optional extra, so their tests run: lm-eval, the Hydra launchers, the notebook stack, the server.
+.venv/bin/pip install -q -e ".[test,eval,launchers,notebook,serve]"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 # One BLAS thread per process: multi-rank tests start several processes on few cores.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

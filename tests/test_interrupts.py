@@ -113,3 +113,34 @@ def test_a_late_reply_is_dropped_by_its_sequence_number(tiny_path):
         workers.send_to(0, "__sizeof__")
         out = llm.generate(PROMPTS[:1], PARAMS)  # the first reply read is the stale one: dropped by its number
         assert out[0].token_ids == base[0].token_ids
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_driver_leaves_no_worker_and_no_shared_memory(tiny_path, tmp_path):
+    """SIGKILL of the driver during a DP=2 generate: its workers die with it, no /dev/shm segment stays."""
+    import subprocess
+    import sys
+
+    shm = lambda: {p for p in os.listdir("/dev/shm") if p.startswith("torch_")}  # noqa: E731
+    before = shm()
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import sys\nfrom diffulex import Diffulex, SamplingParams\n"
+        "if __name__ == '__main__':\n"
+        f"    llm = Diffulex({tiny_path('llada2')!r}, data_parallel_size=2, block_size=8)\n"
+        "    print('ready', flush=True)\n"
+        "    while True:\n"
+        "        llm.generate([[5, 6, 7, 8]] * 8, SamplingParams(max_tokens=64, ignore_eos=True))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout.readline().strip() == "ready"
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+    time.sleep(1.0)  # mid-generate
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+        time.sleep(0.2)
+    assert children and not [c for c in children if os.path.exists(f"/proc/{c}")]
+    assert shm() - before == set()

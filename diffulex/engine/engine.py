@@ -468,8 +468,11 @@ class DiffulexEngine:
         if not getattr(self, "_closed", True):
             try:
                 self.exit()
-            except Exception:  # interpreter shutdown: modules may already be gone
-                logger.debug("engine cleanup at garbage collection failed", exc_info=True)
+            except Exception:  # interpreter shutdown: modules (this logger too) may already be gone
+                try:
+                    logger.debug("engine cleanup at garbage collection failed", exc_info=True)
+                except Exception:
+                    pass
 
 
 class _NoBar:
