@@ -13,6 +13,7 @@ import gc
 import logging
 import threading
 import time
+import traceback
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -375,11 +376,20 @@ class DiffulexEngine:
                 bar.update(len(self.step()))
                 self._apply_pending_aborts()  # one that arrived during the last step ends the loop
             bar.close()
-        except BaseException:
+        except BaseException as exc:
             self._pending_aborts.clear()
             for req_id in ids:
                 self.scheduler.abort(req_id)
                 self._requests.pop(req_id, None)
+            # The failed step's frames hold its tensors (shared-memory descriptors from the other
+            # ranks): release them now, not when the caller drops the exception.
+            seen, chain = set(), [exc]
+            while chain:  # the exception and the ones it was raised from or during
+                e = chain.pop()
+                if e is not None and id(e) not in seen:
+                    seen.add(id(e))
+                    traceback.clear_frames(e.__traceback__)
+                    chain += [e.__cause__, e.__context__]
             raise
         wall = time.perf_counter() - start
         trajs = [self._trajectory(i, self._requests.pop(req_id)) for i, req_id in enumerate(ids)]
@@ -449,6 +459,10 @@ class DiffulexEngine:
                 if parallel is not None:
                     destroy_parallel_state(parallel)
         self.scheduler = None
+        # An exception that escaped generate() keeps this engine alive through its frames: hold
+        # nothing heavy once closed (the cache manager, the sampler, step tensors).
+        self.kv_cache_manager = self.sampler = self._forbidden = None
+        self._requests.clear()
         del runner, workers, parallel
         # Undo _start's gc.freeze(): frozen objects are never collected, so anything of this
         # engine caught in a reference cycle (GPU tensors included) would outlive it, e.g.

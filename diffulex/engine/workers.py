@@ -349,6 +349,13 @@ class WorkerGroup(Workers):
         for conn in self.conns:
             conn.close()
         self.processes, self.conns = [], []
+        if self.broken:
+            # Tensors sent to a rank that died before receiving them leave their descriptors
+            # registered with multiprocessing's resource sharer, which would hold them forever:
+            # close them (the sharer restarts on the next send).
+            from multiprocessing import resource_sharer
+
+            resource_sharer.stop(timeout=_JOIN_TIMEOUT_S)
 
 
 class EnvWorkerGroup(Workers):
