@@ -49,13 +49,14 @@ def test_sigint_at_random_moments_never_hangs_and_the_next_call_is_exact(tiny_pa
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_closes_the_engine_with_a_clear_error_on_every_call(tiny_path):
+@pytest.mark.parametrize("layout", [dict(tensor_parallel_size=2), dict(data_parallel_size=2)], ids=["tp2", "dp2"])
+def test_a_killed_worker_closes_the_engine_with_a_clear_error_on_every_call(tiny_path, layout):
     import multiprocessing
 
     from diffulex.engine.workers import WorkerError
 
     def fault_cycle(kept: list) -> int:
-        llm = Diffulex(tiny_path("llada2"), block_size=8, tensor_parallel_size=2, distributed_timeout_seconds=20)
+        llm = Diffulex(tiny_path("llada2"), block_size=8, distributed_timeout_seconds=20, **layout)
         port = llm.config.parallel.master_port
         llm.generate(PROMPTS[:1], PARAMS)
         os.kill(llm.workers.processes[0].pid, signal.SIGKILL)
