@@ -124,6 +124,39 @@ def test_shapes_cover_every_bucket_a_decode_step_can_take():
     assert max(n for _, n in shapes) <= b.max_tokens and all(n % 8 == 0 for _, n in shapes)
 
 
+def test_default_config_buckets_the_steps_of_batch_64():
+    """Default runtime (buckets up to 64, max_num_batched_tokens 4096), block 32, buffer 1: a step
+    of 64 sequences x 32 tokens (k=1) and one of 64 x 64 (k=32: the finished block with the new
+    one, 4,096 tokens) are graphed unpadded; 62 x 64 + 40 pads to the 4,096-token graph (63 x 64 + 40
+    would need a 65th sequence for its pad tokens: eager)."""
+    from types import SimpleNamespace
+
+    from diffulex.config.runtime import RuntimeConfig
+    from diffulex.config.strategy import MultiBDStrategyConfig
+
+    strategy = MultiBDStrategyConfig(block_size=MultiBDStrategyConfig.DEFAULT_BLOCK_SIZE,
+                                     buffer_size=MultiBDStrategyConfig.DEFAULT_BUFFER_SIZE)
+    assert (strategy.block_size, strategy.buffer_size) == (32, 1)
+    rt = RuntimeConfig()
+    b = GraphBuckets.for_config(SimpleNamespace(strategy=strategy, runtime=rt))
+    assert b.max_seq_tokens == 64 and b.max_tokens == rt.max_num_batched_tokens == 4096
+    assert b.choose(_meta([32] * 64, [128] * 64, max_pages=40)) == Bucket(64, 2048, 64, 2048)
+    assert b.choose(_meta([64] * 64, [96] * 64, max_pages=40)) == Bucket(64, 4096, 64, 4096)
+    assert b.choose(_meta([64] * 63 + [40], [96] * 64, max_pages=40)) is None  # S + 1 = 65 > 64: eager
+    assert b.choose(_meta([64] * 62 + [40], [96] * 63, max_pages=40)) == Bucket(63, 4008, 64, 4096)
+    assert b.choose(_meta([64] * 64 + [1], [96] * 65, max_pages=40)) is None  # 65 sequences
+    assert (64, 4096) in b.shapes() and max(n for _, n in b.shapes()) == 4096
+    # The token budget caps the buckets (the scheduler never feeds more); a step's bucket fits it.
+    def buckets(budget: int) -> GraphBuckets:
+        runtime = RuntimeConfig(max_num_batched_tokens=budget)
+        return GraphBuckets.for_config(SimpleNamespace(strategy=strategy, runtime=runtime))
+
+    small = buckets(1000)
+    assert small.max_tokens == small.token_bucket(1000) == 1024
+    assert small.choose(_meta([64] * 15 + [40], [0] * 16, max_pages=16)) == Bucket(16, 1000, 32, 1024)
+    assert buckets(10304).max_tokens == 4096  # 64 sequences x 64 tokens, however large the budget
+
+
 def test_pad_rows():
     bucket = Bucket(2, 5, 4, 8)
     mask = GraphBuckets.pad_rows(bucket, torch.tensor([True, False, True, True, False]))
@@ -256,6 +289,38 @@ def test_bucketed_replays_give_the_eager_tokens(tiny_path, monkeypatch, family, 
         n_b = key[0][0]
         s_b = dict((name, shape) for name, shape, _ in key[1])["context_lens"][0]
         assert s_b in sizes and n_b % g == 0 and n_b == buckets.token_bucket(n_b), key
+
+
+@pytest.mark.parametrize("counts", [
+    [32] * 64,  # k=1, batch 64: 2,048 tokens
+    [64] * 64,  # k=32, batch 64: the finished block with the new one, 4,096 tokens
+    [64] * 62 + [40],  # 4,008 tokens padded to 4,096 (the pad tokens' sequence is the 64th)
+], ids=["64x32", "64x64", "62x64+40"])
+def test_batch_64_steps_replay_with_the_eager_logits(tiny_path, monkeypatch, counts):
+    """The default buckets (block 32, buffer 1, runtime defaults) graph the big steps of batch 64;
+    the capture's and the replay's logits are the eager, unpadded step's (same greedy tokens)."""
+    kw = dict(dtype="float32", page_size=PAGE, decoding_strategy="multi_bd", enable_prefix_caching=False,
+              max_model_len=256)
+    contexts = [32 * (i % 3) for i in range(len(counts))]  # some cached keys (the cache's zeros)
+    meta = _meta(counts, contexts, max_pages=32)
+    n = meta.num_tokens
+    ids = (torch.arange(n) * 7) % 200 + 20
+    fake_cuda_graphs.install(monkeypatch)
+    with Diffulex(tiny_path("llada"), **kw) as llm:
+        runner = llm.runner
+        assert runner.page_count > len(counts) * 32 and runner.buckets.max_tokens == 4096
+        eager = runner.run(ids, meta.positions, meta)  # graphs off: the unpadded step
+        graphs, seen = _graphed_engine(llm, "torch")
+        captured = runner.run(ids, meta.positions, meta)  # the capture's warm-up forward
+        replayed = runner.run(ids, meta.positions, meta)
+        bucket = seen["bucket"]
+    assert bucket is not None and bucket.padded_seqs == 64 and bucket.padded_tokens == (2048 if n <= 2048 else 4096)
+    assert bucket.padded == (n != 4096 and n != 2048)
+    assert graphs.captures == 1 and graphs.replays == 1
+    assert eager.shape == captured.shape == replayed.shape == (meta.logits_indices.shape[0], eager.shape[1])
+    for got in (captured, replayed):
+        torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got.argmax(-1), eager.argmax(-1))  # the greedy tokens
 
 
 def _forward_sizes(runner) -> list[int]:

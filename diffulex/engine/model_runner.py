@@ -56,14 +56,10 @@ class ModelRunner:
         self.graphs = None
         self.stager = HostStager(self.device)  # a step's small host inputs in one copy
         # Graphed steps are padded on the host to bucket shapes (S_b in cuda_graph_batch_sizes,
-        # N_b on a ladder of block-size multiples), so few graphs serve every decode step.
-        s = config.strategy
-        block, buffer = s.block_size or 1, getattr(s, "buffer_size", None) or 1
-        self.buckets = GraphBuckets(
-            config.runtime.cuda_graph_batch_sizes, granularity=block,
-            # Decode: the blocks in flight plus one just-finished block whose K/V is written.
-            max_seq_tokens=(buffer + 1) * block,
-            max_tokens=max(config.runtime.cuda_graph_batch_sizes) * block * buffer)
+        # N_b on a ladder of block-size multiples), so few graphs serve every decode step; up to
+        # S_max sequences of (buffer + 1) blocks (the just-finished block's K/V is written too)
+        # within max_num_batched_tokens.
+        self.buckets = GraphBuckets.for_config(config)
         if (self.device.type == "cuda" and not config.runtime.enforce_eager and self.kernels == "triton"
                 and self.kv_caches and getattr(parallel, "world_size", 1) == 1):
             from ..kernels.triton.paged_attention import SHORT_CONTEXT_KEYS

@@ -36,6 +36,14 @@ per sequence (a longer one is a prompt being prefilled), ``S_b`` within the buck
 ``N_b <= max_tokens``; any other step (and any step the graphs decline) runs eagerly, unpadded,
 through the runner's staging copy. The checks read the host copy of
 ``cu_seqlens_q`` (no GPU sync); steps whose metadata is already on the device are not bucketed.
+
+The engine's limits (:meth:`GraphBuckets.for_config`): ``max_seq_tokens = (buffer + 1) * block``
+(the blocks in flight plus the just-finished block whose K/V the step writes) and
+``max_tokens = token_bucket(min(S_max * max_seq_tokens, runtime.max_num_batched_tokens))``,
+``S_max`` the largest bucket: the bucket of every decode step the scheduler can make (it never
+feeds more than ``max_num_batched_tokens`` tokens), e.g. 64 x 64 = 4,096 tokens for block 32,
+buffer 1 (a whole block accepted per step: each sequence forwards the finished block with the
+new one).
 """
 
 from __future__ import annotations
@@ -74,6 +82,18 @@ class GraphBuckets:
         self.granularity = max(1, int(granularity or 1))  # g
         self.max_seq_tokens = int(max_seq_tokens)
         self.max_tokens = int(max_tokens)
+
+    @classmethod
+    def for_config(cls, config: Any) -> "GraphBuckets":
+        """The engine's buckets: ``strategy`` block / buffer sizes, ``runtime`` bucket list and token budget."""
+        s, rt = config.strategy, config.runtime
+        block, buffer = s.block_size or 1, getattr(s, "buffer_size", None) or 1
+        seq_tokens = (buffer + 1) * block  # decode: the blocks in flight plus one just-finished block
+        buckets = cls(rt.cuda_graph_batch_sizes, granularity=block, max_seq_tokens=seq_tokens, max_tokens=0)
+        # Every decode step: at most S_max sequences of seq_tokens, at most the scheduler's budget.
+        most = min(max(buckets.batch_sizes) * seq_tokens, int(rt.max_num_batched_tokens))
+        buckets.max_tokens = buckets.token_bucket(most)
+        return buckets
 
     # -- the rules ------------------------------------------------------------------------
     def choose(self, meta: Any) -> Bucket | None:
