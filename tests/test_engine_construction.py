@@ -123,9 +123,9 @@ def test_unrelated_keywords_are_ignored_but_near_misses_are_errors(tiny_path, ca
     from diffulex import Diffulex
 
     with caplog.at_level(logging.WARNING, logger="diffulex.engine"):
-        llm = Diffulex(tiny_path("llada2"), trust_remote_code=True, device_map="auto")
+        llm = Diffulex(tiny_path("llada2"), low_cpu_mem_usage=True, device_map="auto")
     llm.exit()
-    assert "device_map, trust_remote_code" in caplog.text  # the seed's rule: ignored, named
+    assert "device_map, low_cpu_mem_usage" in caplog.text  # the seed's rule: ignored, named
     with pytest.raises(ValueError, match=r"'temprature'; did you mean 'temperature'\? It is a SamplingParams"):
         Diffulex(tiny_path("llada2"), temprature=0.0)
     with pytest.raises(ValueError, match=r"did you mean 'max_num_seqs'"):

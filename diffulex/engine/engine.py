@@ -462,7 +462,7 @@ class DiffulexEngine:
         # An exception that escaped generate() keeps this engine alive through its frames: hold
         # nothing heavy once closed (the cache manager, the sampler, step tensors).
         self.kv_cache_manager = self.sampler = self._forbidden = None
-        self._requests.clear()
+        getattr(self, "_requests", {}).clear()  # absent when construction failed early
         del runner, workers, parallel
         # Undo _start's gc.freeze(): frozen objects are never collected, so anything of this
         # engine caught in a reference cycle (GPU tensors included) would outlive it, e.g.
