@@ -284,3 +284,11 @@ def test_shipped_jsonl_equals_the_generator(tmp_path):
     assert sorted(manager.match_tasks(names)) == sorted(names)
     assert manager.match_tasks(["diffulex_arith"]) == ["diffulex_arith"]
     assert sorted(p.name for p in TASK_DIR.glob("diffulex_*.yaml")) == sorted(f"{n}.yaml" for n in names)
+
+
+def test_trust_remote_code_reaches_the_engine(ckpt):
+    """lm-eval's own trust_remote_code model arg is the engine's model.trust_remote_code."""
+    with DiffulexLM(pretrained=ckpt, trust_remote_code=False) as model:
+        assert model.llm.config.model.trust_remote_code is False
+    with DiffulexLM(pretrained=ckpt) as model:
+        assert model.llm.config.model.trust_remote_code is True  # the seed's default

@@ -28,7 +28,7 @@ from ..sampling_params import SamplingParams
 from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
-from .faults import NonFiniteLogits
+from .faults import NonFiniteLogits, check_progress
 from .interrupts import StepInterrupted, deferred_sigint
 from . import data_parallel
 
@@ -258,7 +258,7 @@ class DiffulexEngine:
                 f"the model produced non-finite logits (NaN or inf) for request(s) "
                 f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
                 "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')") from None
-        self._check_progress(reqs, plans, decisions)
+        check_progress(reqs, plans, decisions)
         elapsed = time.perf_counter() - t0
         if any(req.nfe == 0 for req in reqs):
             self.prefill_time_s += elapsed
@@ -278,22 +278,6 @@ class DiffulexEngine:
             self.scheduler.finish(req)
         self._step_index += 1
         return finished
-
-    @staticmethod
-    def _check_progress(reqs: list[Any], plans: list[Any], decisions: list[Any]) -> None:
-        """A request whose step had to fill a forced block and changed nothing would loop forever:
-        an error instead (the sampler's rules guarantee progress unless its inputs are broken)."""
-        stuck = []
-        for req, plan, d in zip(reqs, plans, decisions):
-            if d.fills or d.edits or d.remasks or not any(plan.forced):
-                continue
-            masks_of = getattr(req, "masks_in", None)
-            if masks_of is not None and any(f and masks_of(b) > 0 for b, f in zip(plan.blocks, plan.forced)):
-                stuck.append(req.req_id)
-        if stuck:
-            raise RuntimeError(f"request(s) {stuck} made no progress in a step that had to fill a block (a forced "
-                               "block got no token): the sampler's inputs are broken, e.g. non-finite "
-                               "confidences; stopping instead of looping")
 
     def _forward(self, reqs: list[Any], batch: Any) -> torch.Tensor:
         """One forward of the packed batch on every rank; rank 0's logits [M, V].

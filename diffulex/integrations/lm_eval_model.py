@@ -109,10 +109,8 @@ class DiffulexLM(LM):
 
         self.batch_size = _batch_size(batch_size, "batch_size")
         self.max_batch_size = _batch_size(max_batch_size, "max_batch_size")
-        if trust_remote_code:
-            log.debug("diffulex lm-eval model: trust_remote_code has no effect (Diffulex runs no remote code)")
         if isinstance(pretrained, DiffulexEngine):
-            if engine_kwargs or max_length is not None:
+            if engine_kwargs or max_length is not None or trust_remote_code is not None:
                 raise ValueError("diffulex lm-eval model: pretrained= is an engine already; pass its options to "
                                  f"Diffulex(...), not to the lm-eval model ({sorted(engine_kwargs)})")
             self.llm, self._owns_engine = pretrained, False
@@ -122,6 +120,8 @@ class DiffulexLM(LM):
             raise ValueError("diffulex lm-eval model: model_args needs pretrained=<checkpoint directory>, e.g. "
                              "--model_args pretrained=/path/to/ckpt,decoding_strategy=multi_bd")
         kwargs = _engine_kwargs(engine_kwargs)
+        if trust_remote_code is not None:  # lm-eval's own flag, the engine's model.trust_remote_code
+            kwargs["trust_remote_code"] = bool(trust_remote_code)
         if max_length is not None:
             if "max_model_len" in kwargs:
                 raise ValueError("diffulex lm-eval model: give max_length or max_model_len, not both")

@@ -16,9 +16,6 @@ from diffulex.engine import metrics
 from diffulex.tasks.arithmetic import Problem
 from diffulex.tasks.base import Sample, Task
 
-RESULT_METRICS = ("accuracy", "tpf", "mean_nfe", "decode_tps", "e2e_tps", "aup", "edits_per_100")
-
-
 @dataclass
 class EvalResult:
     """One evaluation run: per-sample records plus the batch totals the metrics are computed from."""
