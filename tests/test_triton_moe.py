@@ -23,6 +23,7 @@ with interpreted():  # triton and the kernels read the setting at import: keep i
     from diffulex.kernels.triton.router_gemm import router_logit_partials
     from diffulex.layers.moe.experts import StackedExperts
     from diffulex.layers.moe.router import GroupLimitedSigmoidRouter
+    from diffulex.quantization import dequantize_fp8, quantize_fp8
 
 ROUTERS = [  # (E, n_group, topk_group, top_k, scaling)
     (16, 4, 2, 3, 2.5),
@@ -172,6 +173,64 @@ def test_gelu_tanh_experts_fused_equals_reference_and_diffusion_gemma_loop():
     torch.testing.assert_close(experts(x, ids, weights), expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="activation"):
         fused_moe(x, ids, weights, w13, w2, activation="relu")
+
+
+def _fp8_stacks(w13, w2, block):
+    """Per-expert FP8 values and scales of both stacks, and the weights they stand for."""
+    (q13, s13), (q2, s2) = [map(torch.stack, zip(*[quantize_fp8(w[e], block) for e in range(w.shape[0])]))
+                            for w in (w13, w2)]
+    deq = [torch.stack([dequantize_fp8(q[e], s[e], block) for e in range(q.shape[0])]) for q, s in ((q13, s13), (q2, s2))]
+    return q13, s13, q2, s2, deq[0], deq[1]
+
+
+@pytest.mark.parametrize("t,h,i,e,k,block", [
+    (7, 80, 48, 6, 2, (128, 128)),  # one scale per expert matrix (block wider than both dims)
+    (13, 80, 48, 6, 2, (16, 16)),  # H / I not multiples of the tile; gate and up rows in separate tiles
+    (5, 64, 40, 4, 3, (32, 16)),  # K tile shrunk to 16 so that it never straddles two scale columns
+])
+def test_fp8_fused_moe_equals_reference_on_the_dequantized_weights(t, h, i, e, k, block):
+    gen = torch.Generator().manual_seed(t + h + block[1])
+    x, ids, weights, w13, w2 = random_moe(gen, t, h, i, e, k)
+    q13, s13, q2, s2, d13, d2 = _fp8_stacks(w13, w2, block)
+    expected = ref.fused_moe(x, ids, weights, d13, d2)
+    fp8 = dict(w13_scale=s13, w2_scale=s2, block=block)
+    torch.testing.assert_close(ref.fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-5, rtol=1e-4)
+    full = ref.fused_moe(x, ids, weights, w13, w2)
+    assert 0 < (expected - full).abs().max() < 0.1 * full.abs().max()  # FP8 rounds, but only a little
+    # The module: quantize_weights() after loading, then the loop and the fused path read the FP8 stacks.
+    experts = StackedExperts(e, h, i)
+    experts.w13.data.copy_(w13)
+    experts.w2.data.copy_(w2)
+    experts.quantize_weights(block)
+    assert experts.w13.dtype == experts.w2.dtype == torch.float8_e4m3fn
+    assert torch.equal(experts.w13.view(torch.uint8), q13.view(torch.uint8)) and torch.equal(experts.w2_scale_inv, s2)
+    torch.testing.assert_close(experts(x, ids, weights), expected, atol=1e-5, rtol=1e-4)
+    experts.kernels = "triton"
+    torch.testing.assert_close(experts(x, ids, weights), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_fp8_fused_moe_bf16_activations():
+    gen = torch.Generator().manual_seed(4)
+    x, ids, weights, w13, w2 = random_moe(gen, 9, 64, 48, 8, 3)
+    q13, s13, q2, s2, d13, d2 = _fp8_stacks(w13, w2, (32, 32))
+    expected = ref.fused_moe(x, ids, weights, d13, d2)
+    out = fused_moe(x.bfloat16(), ids, weights, q13, q2, w13_scale=s13, w2_scale=s2, block=(32, 32))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_fp8_fused_moe_refuses_inconsistent_scales():
+    gen = torch.Generator().manual_seed(2)
+    x, ids, weights, w13, w2 = random_moe(gen, 5, 64, 32, 4, 2)
+    q13, s13, q2, s2, _, _ = _fp8_stacks(w13, w2, (16, 16))
+    with pytest.raises(ValueError, match="w13_scale"):
+        fused_moe(x, ids, weights, q13, q2, w13_scale=s13[:, :1], w2_scale=s2, block=(16, 16))
+    with pytest.raises(ValueError, match="FP8 experts need both"):
+        fused_moe(x, ids, weights, q13, w2, w13_scale=s13, w2_scale=s2, block=(16, 16))
+    q13, s13, q2, s2, _, _ = _fp8_stacks(w13, w2, (8, 8))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        fused_moe(x, ids, weights, q13, q2, w13_scale=s13, w2_scale=s2, block=(8, 8))
 
 
 def test_reference_matches_stacked_experts():

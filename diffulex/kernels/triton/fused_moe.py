@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from diffulex.kernels.triton.moe_align import moe_align
+from diffulex.quantization.fp8 import FP8_DTYPE, scale_shape
 from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, pdl_enter, pdl_kwargs
 
 
@@ -38,8 +39,9 @@ from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, pdl_ent
 def _gate_up_kernel(
     x_ptr, w13_ptr, inter_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
     stride_xt, stride_we, stride_wn, num_local, H, I,
+    s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, PDL: tl.constexpr,
+    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(0)
@@ -64,11 +66,17 @@ def _gate_up_kernel(
         wu = tl.load(w_base + (n + I)[:, None] * stride_wn + (k0 + kk)[None, :], mask=w_mask, other=0.0)
         if FP32_DOT:
             x = x.to(tl.float32)
-            acc_g += tl.dot(x, tl.trans(wg.to(tl.float32)), input_precision="ieee")
-            acc_u += tl.dot(x, tl.trans(wu.to(tl.float32)), input_precision="ieee")
+            pg = tl.dot(x, tl.trans(wg.to(tl.float32)), input_precision="ieee")
+            pu = tl.dot(x, tl.trans(wu.to(tl.float32)), input_precision="ieee")
         else:
-            acc_g += tl.dot(x, tl.trans(wg))
-            acc_u += tl.dot(x, tl.trans(wu))
+            pg = tl.dot(x, tl.trans(wg.to(x.dtype)))  # FP8 weights: e4m3 -> bf16 is exact
+            pu = tl.dot(x, tl.trans(wu.to(x.dtype)))
+        if FP8:  # one scale per (row tile, k tile): constant over this K tile (BLOCK_K divides SCALE_K)
+            s_base = s_ptr + e.to(tl.int64) * stride_se + k0 // SCALE_K
+            pg = pg * tl.load(s_base + (n // SCALE_N) * stride_sn, mask=n_ok, other=0.0)[None, :]
+            pu = pu * tl.load(s_base + ((n + I) // SCALE_N) * stride_sn, mask=n_ok, other=0.0)[None, :]
+        acc_g += pg
+        acc_u += pu
     if GELU_TANH:  # 0.5 g (1 + tanh(a)) = g * sigmoid(2a), a = sqrt(2/pi) (g + 0.044715 g^3)
         h = acc_g * tl.sigmoid(1.5957691216057308 * (acc_g + 0.044715 * acc_g * acc_g * acc_g)) * acc_u
     else:
@@ -81,7 +89,9 @@ def _gate_up_kernel(
 def _down_kernel(
     inter_ptr, w2_ptr, out_ptr, weights_ptr, order_ptr, blk_expert_ptr, blk_row0_ptr, blk_row_end_ptr,
     stride_we, stride_wn, num_local, H, I,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, PDL: tl.constexpr,
+    s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
+    FP8: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(0)
@@ -103,9 +113,13 @@ def _down_kernel(
         w = tl.load(w_base + n[:, None] * stride_wn + (k0 + kk)[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0.0)  # [BN, BK]
         if FP32_DOT:
-            acc += tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            p = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
-            acc += tl.dot(h, tl.trans(w))
+            p = tl.dot(h, tl.trans(w.to(h.dtype)))
+        if FP8:
+            p = p * tl.load(s_ptr + e.to(tl.int64) * stride_se + (n // SCALE_N) * stride_sn + k0 // SCALE_K,
+                            mask=n_ok, other=0.0)[None, :]
+        acc += p
     acc = acc * tl.load(weights_ptr + assign, mask=r_ok, other=0.0)[:, None]
     tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=r_ok[:, None] & n_ok[None, :])
@@ -137,6 +151,42 @@ def _sum_k_kernel(src_ptr, out_ptr, H, K: tl.constexpr, BLOCK_H: tl.constexpr, P
 SUM_BLOCK_H = 1024
 
 
+def _fp8_args(w13, w2, w13_scale, w2_scale, block, hidden: int, inter_size: int) -> dict:
+    """Scale pointers / strides / tile sizes per kernel (dummies without FP8 weights), checked."""
+    fp8 = w13.dtype == FP8_DTYPE
+    if fp8 != (w2.dtype == FP8_DTYPE) or fp8 != (w13_scale is not None) or fp8 != (w2_scale is not None):
+        raise ValueError("fused_moe: FP8 experts need both w13 and w2 in float8_e4m3fn with w13_scale, w2_scale "
+                         f"and block (got w13 {w13.dtype}, w2 {w2.dtype}, scales "
+                         f"{w13_scale is not None}/{w2_scale is not None})")
+    if not fp8:
+        return {"on": False, "gate_up": (w13, 0, 0, 1, 1 << 30), "down": (w13, 0, 0, 1, 1 << 30)}
+    if block is None:
+        raise ValueError("fused_moe: FP8 experts need block=(block_n, block_k), the tile of their scales")
+    bn, bk = block
+    for name, w, s in (("w13", w13, w13_scale), ("w2", w2, w2_scale)):
+        if tuple(s.shape) != scale_shape(tuple(w.shape), block) or s.stride(-1) != 1:
+            raise ValueError(f"fused_moe: {name}_scale {tuple(s.shape)} does not tile {name} {tuple(w.shape)} "
+                             f"in blocks {tuple(block)} (expected {scale_shape(tuple(w.shape), block)}, "
+                             "contiguous last dim)")
+    # A scale tile wider than the reduction covers it whole (one scale column).
+    return {"on": True, "gate_up": (w13_scale, w13_scale.stride(0), w13_scale.stride(1), bn, min(bk, 1 << 30)),
+            "down": (w2_scale, w2_scale.stride(0), w2_scale.stride(1), bn, min(bk, 1 << 30))}
+
+
+def _k_tile(block_k: int, scale_args: tuple, reduce: int) -> int:
+    """``block_k`` shrunk so that one K tile never straddles two scale columns (FP8 only)."""
+    scale_k = scale_args[4]
+    if scale_k >= reduce:
+        return block_k  # one scale column covers the whole reduction
+    tile = block_k
+    while tile > 16 and scale_k % tile:
+        tile //= 2
+    if scale_k % tile:
+        raise ValueError(f"fused_moe: FP8 scale block_k={scale_k} is not a multiple of 16 (the smallest K tile); "
+                         "quantize the experts with block_k a multiple of 16 (e.g. 128)")
+    return tile
+
+
 def sum_assignments(per_assign: torch.Tensor, torch_sum: bool = False) -> torch.Tensor:
     """``[T, k, H]`` -> ``[T, H]``: each token's weighted expert outputs summed in fp32, in slot order,
     rounded once (``per_assign.sum(1)``'s values; ``experiments/moe_small_tune.py``, H100, k=9,
@@ -164,6 +214,9 @@ def fused_moe(
     block_m: int | None = None,
     tiles: dict[str, tuple[int, int, int, int]] | None = None,
     activation: str = "silu",
+    w13_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
 
@@ -192,24 +245,27 @@ def fused_moe(
     order, blk_expert, blk_row0, blk_row_end, _ = moe_align(topk_ids, num_local, block_m, expert_start)
     fp32_dot = is_interpreting() or x.dtype == torch.float32
     n_blocks = blk_expert.shape[0]
+    fp8 = _fp8_args(w13, w2, w13_scale, w2_scale, block, hidden, inter_size)
 
     inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
     tiles = tiles or {}
     bn, bk, warps, stages = tiles.get("gate_up") or _gate_up_tile(block_m, inter_size, hidden)
+    bk = _k_tile(bk, fp8["gate_up"], hidden)
     _gate_up_kernel[(n_blocks, triton.cdiv(inter_size, bn))](
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
-        x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size,
+        x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size, *fp8["gate_up"],
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, GELU_TANH=activation == "gelu_tanh",
-        num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
+        FP8=fp8["on"], num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
     bn, bk, warps, stages = tiles.get("down") or (
         min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size))), 8, 3)
+    bk = _k_tile(bk, fp8["down"], inter_size)
     _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
-        w2.stride(0), w2.stride(1), num_local, hidden, inter_size,
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, num_warps=warps, num_stages=stages,
-        **pdl_kwargs(x.device),
+        w2.stride(0), w2.stride(1), num_local, hidden, inter_size, *fp8["down"],
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, FP8=fp8["on"], num_warps=warps,
+        num_stages=stages, **pdl_kwargs(x.device),
     )
     return sum_assignments(per_assign)  # [T, H]

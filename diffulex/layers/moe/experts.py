@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffulex.kernels.reference.fused_moe import expert_activation
+from diffulex.kernels.reference.fused_moe import expert_activation, expert_weight
 from diffulex.layers.linear import copy_checked
 from diffulex.layers.parallel import TPGroup
+from diffulex.quantization.fp8 import FP8_DTYPE, quantize_fp8
 
 
 class StackedExperts(nn.Module):
@@ -27,6 +28,11 @@ class StackedExperts(nn.Module):
     layer); ``"triton"`` runs the fused grouped-GEMM MoE, which reads each selected expert
     once per step and never syncs with the host. ``activation`` names the gate activation
     (``"silu"``; DiffusionGemma's subclass ``"gelu_tanh"``); both paths honour it.
+
+    :meth:`quantize_weights` (after loading) turns the stacks into FP8 (e4m3) with one float32
+    scale per ``block`` tile of each expert matrix: ``w13_scale_inv [E_local + extra, ceil(2I/bn),
+    ceil(H/bk)]``, ``w2_scale_inv [E_local + extra, ceil(H/bn), ceil(I/bk)]``; both paths then read
+    the FP8 values (the fused MoE widens them in registers, the loop dequantizes each expert).
     """
 
     uses_kernels = True
@@ -59,6 +65,42 @@ class StackedExperts(nn.Module):
         self.w2 = nn.Parameter(self.w2_all[:self.num_local], requires_grad=False)
         self.w13.weight_loader = self.weight_loader
         self.w2.weight_loader = self.weight_loader
+        self.weight_block: tuple[int, int] | None = None  # FP8 scale tile once quantized
+        self.w13_scale_all = self.w2_scale_all = None
+        self.w13_scale_inv = self.w2_scale_inv = None
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.weight_block is not None
+
+    @torch.no_grad()
+    def quantize_weights(self, block: tuple[int, int]) -> None:
+        """Replace the loaded stacks (extra slots included) by FP8 values and per-tile scales; idempotent.
+
+        Quantized expert by expert (the float32 work buffer of one expert at a time, not of
+        the whole stack). The parameters ``w13`` / ``w2`` / ``*_scale_inv`` stay views of the
+        stacked storage, so :meth:`slot` gives the extra slots' FP8 views and scales.
+        """
+        if self.is_fp8:
+            return
+        block = (int(block[0]), int(block[1]))
+        stacks = []
+        for w in (self.w13_all, self.w2_all):
+            q = torch.empty(w.shape, dtype=FP8_DTYPE, device=w.device)
+            scales = []
+            for e in range(w.shape[0]):
+                q[e], s = quantize_fp8(w[e], block)
+                scales.append(s)
+            stacks.append((q, torch.stack(scales) if scales else torch.empty(0, device=w.device)))
+        (self.w13_all, self.w13_scale_all), (self.w2_all, self.w2_scale_all) = stacks
+        n = self.num_local
+        for name, full in (("w13", self.w13_all), ("w2", self.w2_all),
+                           ("w13_scale_inv", self.w13_scale_all), ("w2_scale_inv", self.w2_scale_all)):
+            old = getattr(self, name)
+            setattr(self, name, nn.Parameter(full[:n], requires_grad=False))
+            if old is not None:
+                getattr(self, name).__dict__.update(old.__dict__)  # weight_loader and the like
+        self.weight_block = block
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         expert_id, part = shard_id
@@ -85,6 +127,14 @@ class StackedExperts(nn.Module):
             raise ValueError(f"StackedExperts: extra slot {i} out of range [0, {self.extra_slots})")
         return self.w13_all[self.num_local + i], self.w2_all[self.num_local + i]
 
+    def slot_scales(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra slot ``i``'s FP8 scales ``(gate|up, down)``, views of the stacked scales (FP8 only)."""
+        if not self.is_fp8:
+            raise ValueError("StackedExperts: slot_scales() of experts that are not FP8")
+        if not 0 <= i < self.extra_slots:
+            raise ValueError(f"StackedExperts: extra slot {i} out of range [0, {self.extra_slots})")
+        return self.w13_scale_all[self.num_local + i], self.w2_scale_all[self.num_local + i]
+
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                 extra: bool = False) -> torch.Tensor:
         # x: [T, H]; topk_ids, topk_weights: [T, k] -> [T, H]. ``extra`` (fused path, one shard):
@@ -96,18 +146,23 @@ class StackedExperts(nn.Module):
             from diffulex.kernels import get_ops
 
             w13, w2, num_experts = self.w13, self.w2, self.num_experts
+            s13, s2 = self.w13_scale_inv, self.w2_scale_inv
             if extra and self.extra_slots:
                 w13, w2, num_experts = self.w13_all, self.w2_all, self.num_experts + self.extra_slots
+                s13, s2 = self.w13_scale_all, self.w2_scale_all
+            fp8 = {"w13_scale": s13, "w2_scale": s2, "block": self.weight_block} if self.is_fp8 else {}
             y = get_ops(x.device, self.kernels).fused_moe(
                 x.contiguous(), topk_ids, topk_weights, w13, w2, self.expert_start, num_experts,
-                activation=self.activation)
+                activation=self.activation, **fp8)
             if self.tp.size * self.ep.size == 1:
                 return y
             return self.ep.all_reduce(self.tp.all_reduce(y.float())).to(x.dtype)
         act = expert_activation(self.activation)
         w13, w2, n_loop = self.w13, self.w2, self.num_local
+        s13, s2 = self.w13_scale_inv, self.w2_scale_inv
         if extra and self.extra_slots:  # ids E.. name the extra slots (one shard only)
             w13, w2, n_loop = self.w13_all, self.w2_all, self.num_local + self.extra_slots
+            s13, s2 = self.w13_scale_all, self.w2_scale_all
         k = topk_ids.shape[1]
         flat_ids = topk_ids.flatten()  # [T*k]
         order = flat_ids.argsort(stable=True)  # [T*k], grouped by expert
@@ -123,8 +178,8 @@ class StackedExperts(nn.Module):
             rows = slice(start, start + n)
             start += n
             tokens = token_of[rows]  # [n]
-            h = F.linear(x[tokens], w13[local])  # [n, 2I]
+            h = F.linear(x[tokens], expert_weight(w13, s13, self.weight_block, local, x.dtype))  # [n, 2I]
             gate, up = h.chunk(2, dim=-1)
-            y = F.linear(act(gate) * up, w2[local])  # [n, H]
+            y = F.linear(act(gate) * up, expert_weight(w2, s2, self.weight_block, local, x.dtype))  # [n, H]
             out.index_add_(0, tokens, y.float() * weight_of[rows, None])
         return self.ep.all_reduce(self.tp.all_reduce(out)).to(x.dtype)
