@@ -18,15 +18,16 @@ import pytest
 import yaml
 
 from diffulex.config import (STRATEGY_CONFIGS, CacheConfig, EditSamplingConfig, LoRAConfig, ModelConfig,
-                             ParallelConfig, RuntimeConfig, SamplingConfig)
+                             ParallelConfig, QuantizationConfig, RuntimeConfig, SamplingConfig)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BASE = {"cache/default": CacheConfig, "runtime/default": RuntimeConfig, "parallel/single": ParallelConfig,
         "sampling/naive": SamplingConfig, "sampling/edit": EditSamplingConfig, "lora/none": LoRAConfig,
-        **{f"strategy/{n.value}": cls for n, cls in STRATEGY_CONFIGS.items()}}
+        "quantization/auto": QuantizationConfig, **{f"strategy/{n.value}": cls for n, cls in STRATEGY_CONFIGS.items()}}
 FIXED_BY_SCHEMA = {"name", "mode"}
 GROUP_CLASSES = {"cache": [CacheConfig], "runtime": [RuntimeConfig], "parallel": [ParallelConfig],
                  "sampling": [SamplingConfig, EditSamplingConfig], "lora": [LoRAConfig], "model": [ModelConfig],
+                 "quantization": [QuantizationConfig],
                  "strategy": list(STRATEGY_CONFIGS.values())}
 
 

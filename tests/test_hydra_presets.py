@@ -28,7 +28,7 @@ from diffulex.tiny import TINY_FAMILIES, ensure_tiny_checkpoint, trained_familie
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-GROUPS = ("model", "strategy", "sampling", "parallel", "lora", "cache", "runtime", "logger")
+GROUPS = ("model", "strategy", "sampling", "parallel", "lora", "cache", "runtime", "quantization", "logger")
 
 # Real-checkpoint model presets -> the tiny family that stands in for the download.
 REAL_MODEL_FAMILY = {

@@ -4,11 +4,12 @@ from .aliases import FLAT_ALIASES, GROUPS
 from .cache import CacheConfig
 from .config import Config
 from .enums import (ConfidenceKind, Device, DType, KernelBackend, RemaskingKind, SamplingMode,
-                    StrategyName)
+                    StrategyName, WeightQuant)
 from .families import FAMILIES, MODEL_NAMES, family_of
 from .lora import LoRAConfig
 from .model import ModelConfig
 from .parallel import ParallelConfig
+from .quantization import QuantizationConfig
 from .runtime import RuntimeConfig
 from .sampling import SAMPLING_CONFIGS, EditSamplingConfig, SamplingConfig
 from .strategy import (STRATEGY_CONFIGS, D2FStrategyConfig, DiffusionGemmaStrategyConfig,
@@ -19,7 +20,7 @@ __all__ = [
     "CacheConfig", "Config", "ConfidenceKind", "D2FStrategyConfig", "DiffusionGemmaStrategyConfig",
     "DMaxStrategyConfig", "Device", "DType", "EditSamplingConfig", "FAMILIES", "FLAT_ALIASES",
     "FastDLLMv2StrategyConfig", "GROUPS", "KernelBackend", "LoRAConfig", "MODEL_NAMES", "ModelConfig",
-    "MultiBDStrategyConfig", "ParallelConfig", "PipelinedStrategyConfig", "RemaskingKind",
+    "MultiBDStrategyConfig", "ParallelConfig", "PipelinedStrategyConfig", "QuantizationConfig", "RemaskingKind",
     "RuntimeConfig", "SAMPLING_CONFIGS", "STRATEGY_CONFIGS", "SamplingConfig", "SamplingMode",
-    "StrategyConfig", "StrategyName", "VanillaStrategyConfig", "family_of",
+    "StrategyConfig", "StrategyName", "VanillaStrategyConfig", "WeightQuant", "family_of",
 ]

@@ -76,9 +76,11 @@ FLAT_ALIASES: dict[str, str] = {
     "kernels": "runtime.kernels",
     "record_trajectory": "runtime.record_trajectory",
     "seed": "runtime.seed",
+    # quantization (the group itself also takes a string: quantization="fp8")
+    "weight_block_size": "quantization.weight_block_size",
 }
 
-GROUPS = ("model", "strategy", "sampling", "parallel", "lora", "cache", "runtime")
+GROUPS = ("model", "strategy", "sampling", "parallel", "lora", "cache", "runtime", "quantization")
 
 
 def is_config_key(name: str) -> bool:

@@ -21,12 +21,14 @@ from .errors import Notes, coerce_enum, config_error
 from .lora import LoRAConfig
 from .model import ModelConfig
 from .parallel import ParallelConfig
+from .quantization import QuantizationConfig
 from .runtime import RuntimeConfig
 from .sampling import SAMPLING_CONFIGS, SamplingConfig
 from .strategy import STRATEGY_CONFIGS, StrategyConfig
 
 _GROUP_TYPES = {"model": ModelConfig, "sampling": SamplingConfig, "parallel": ParallelConfig,
-                "lora": LoRAConfig, "cache": CacheConfig, "runtime": RuntimeConfig}
+                "lora": LoRAConfig, "cache": CacheConfig, "runtime": RuntimeConfig,
+                "quantization": QuantizationConfig}
 
 
 @dataclass(init=False)
@@ -42,6 +44,7 @@ class Config:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     # Directory that relative model paths resolve against. Empty: env DIFFULEX_MODEL_ROOT.
     model_root: str = ""
 
@@ -55,7 +58,7 @@ class Config:
             model, (str, os.PathLike)) else (model if model is not None else ModelConfig()))
         self.strategy = _as_strategy(kwargs.get("strategy"), flat.pop("decoding_strategy", None))
         self.sampling = _as_sampling(kwargs.get("sampling"), flat.pop("sampling_mode", None))
-        for name in ("parallel", "lora", "cache", "runtime"):
+        for name in ("parallel", "lora", "cache", "runtime", "quantization"):
             setattr(self, name, _as_group(name, kwargs.get(name) or _GROUP_TYPES[name]()))
         self.model_root = kwargs.get("model_root") or ""
         self._flat = flat
@@ -121,6 +124,8 @@ def _as_group(name: str, value: Any) -> Any:
     cls = _GROUP_TYPES[name]
     if isinstance(value, cls):
         return value
+    if name == "quantization" and isinstance(value, str):  # Diffulex(path, quantization="fp8")
+        value = {"weights": value}
     if isinstance(value, dict):
         try:
             return cls(**value)

@@ -93,3 +93,17 @@ class KernelBackend(str, Enum):
 def choices(enum_cls: type[Enum]) -> str:
     """Comma-separated allowed values, for error messages."""
     return ", ".join(repr(m.value) for m in enum_cls)
+
+
+@by_value
+class WeightQuant(str, Enum):
+    """Weight format of the quantizable layers (see docs/quantization.md).
+
+    ``auto``: the checkpoint's own (fp8 for an FP8 checkpoint, else none); ``none``: full
+    precision in ``model.dtype`` (an FP8 checkpoint is dequantized at load); ``fp8``: e4m3
+    weights with one float32 scale per tile (a full-precision checkpoint is quantized at load).
+    """
+
+    AUTO = "auto"
+    NONE = "none"
+    FP8 = "fp8"

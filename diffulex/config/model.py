@@ -37,6 +37,12 @@ class ModelConfig:
     trust_remote_code: bool = True
 
     def validate(self) -> None:
+        if isinstance(self.dtype, str) and ("8" in self.dtype or "e4m3" in self.dtype.lower()):
+            from .errors import config_error
+            raise config_error("model.dtype", self.dtype, "one of 'auto', 'float32', 'bfloat16', 'float16' (the "
+                               "dtype of activations and of full-precision weights)",
+                               "keep model.dtype and set quantization.weights='fp8' (Diffulex(path, "
+                               "quantization='fp8'); Hydra: quantization=fp8) for FP8 weights")
         self.dtype = coerce_enum(DType, "model.dtype", self.dtype)
         if not isinstance(self.trust_remote_code, bool):
             from .errors import config_error

@@ -3,7 +3,8 @@
 1. flat names land on their group fields; 2. the model path is resolved and must exist;
 3. the HF config is loaded offline and the model name checked against the checkpoint's
 family; 4. the strategy is chosen and normalized (the seed's table); 5. sampling, sizes,
-parallel topology, LoRA and runtime flags are validated; 6. the tokenizer is loaded and
+parallel topology, LoRA and runtime flags are validated, the weight format is settled against the
+checkpoint's (quantization); 6. the tokenizer is loaded and
 its vocabulary size, EOS ids and mask token recorded; 7. max_model_len is clamped.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .enums import SamplingMode, StrategyName
 from .errors import Notes, config_error
 from .families import EDIT_ONLY_NAMES, FAMILIES, MODEL_NAMES
+from .quantization import resolve_quantization
 from .validate import validate_lora, validate_parallel, validate_runtime
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ def resolve_config(cfg: "Config", flat: dict[str, Any], notes: Notes) -> None:
     from .config import strategy_from_dict
 
     flat = {FLAT_ALIASES[k]: v for k, v in flat.items()}
-    for group in (cfg.model, cfg.sampling, cfg.parallel, cfg.cache, cfg.runtime):
+    for group in (cfg.model, cfg.sampling, cfg.parallel, cfg.cache, cfg.runtime, cfg.quantization):
         group.validate()
     _apply_flat(cfg, {k: v for k, v in flat.items() if not k.startswith("strategy.")}, skip_strategy=True)
     cfg.model.validate()
@@ -61,6 +63,7 @@ def resolve_config(cfg: "Config", flat: dict[str, Any], notes: Notes) -> None:
     validate_parallel(cfg, facts)
     validate_lora(cfg)
     validate_runtime(cfg, facts, notes)
+    resolve_quantization(cfg, notes)
     _resolve_tokenizer(cfg, auto_tokenizer_from_pretrained(cfg.model.path, cfg.model.trust_remote_code), facts)
 
 

@@ -20,7 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from diffulex.config import (CacheConfig, Config, EditSamplingConfig, LoRAConfig, ModelConfig,
-                             ParallelConfig, RuntimeConfig, SamplingConfig, STRATEGY_CONFIGS)
+                             ParallelConfig, QuantizationConfig, RuntimeConfig, SamplingConfig,
+                             STRATEGY_CONFIGS)
 
 # Config's own fields: the engine part of a composed experiment config.
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -59,6 +60,7 @@ _GROUP_SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "lora": [("default", LoRAConfig)],
     "cache": [("default", CacheConfig)],
     "runtime": [("default", RuntimeConfig)],
+    "quantization": [("default", QuantizationConfig)],
 }
 SCHEMA_GROUP = "hydra/schema"
 
@@ -69,7 +71,7 @@ def register_configs() -> None:
     Root: ``config_schema`` (Config) and ``experiment_config_schema`` (what conf/config.yaml
     extends). Groups: ``hydra/schema/<group>/<name>``: ``model/default``, ``strategy/<strategy>``
     for every strategy, ``sampling/naive`` / ``sampling/edit``, and ``default`` for parallel,
-    lora, cache and runtime. A preset names its schema first in its defaults list.
+    lora, cache, runtime and quantization. A preset names its schema first in its defaults list.
     """
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
