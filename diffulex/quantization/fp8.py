@@ -28,7 +28,7 @@ def scale_shape(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ..
 
 def _expand(scale: torch.Tensor, n: int, k: int, block: tuple[int, int]) -> torch.Tensor:
     """Scales ``[..., ceil(N/bn), ceil(K/bk)]`` repeated to ``[..., N, K]``."""
-    bn, bk = block
+    bn, bk = min(block[0], max(n, 1)), min(block[1], max(k, 1))  # a block past its dimension is the dimension
     return scale.repeat_interleave(bn, dim=-2)[..., :n, :].repeat_interleave(bk, dim=-1)[..., :k]
 
 
@@ -42,6 +42,8 @@ def quantize_fp8(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[
     bn, bk = block
     if bn < 1 or bk < 1:
         raise ValueError(f"FP8 block {block}: both entries must be >= 1")
+    bn, bk = min(bn, max(n, 1)), min(bk, max(k, 1))  # same tiles, no padding past the dimension
+    block = (bn, bk)
     rows, cols = -(-n // bn), -(-k // bk)
     padded = torch.zeros((*lead, rows * bn, cols * bk), dtype=torch.float32, device=w.device)
     padded[..., :n, :k] = w.float()
