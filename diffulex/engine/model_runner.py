@@ -3,7 +3,8 @@
 Construction order on every rank (after the rank joined the process group, see
 :func:`~diffulex.engine.distributed.join_parallel_state`): pick the device → build the
 family's model (registered in ``diffulex.models``) with this rank's tensor-parallel shard
-→ load the checkpoint's weights → allocate the paged KV cache. Strategies subclass this
+→ load the checkpoint's weights (→ quantize them to FP8 when ``quantization`` says so) → allocate
+the paged KV cache. Strategies subclass this
 only where their forward pass differs.
 """
 
@@ -110,6 +111,11 @@ class ModelRunner:
             load_weights_with_lora(model, self.config.model.path, lora.path, merge=lora.merge)
         else:
             model.load_weights(self.config.model.path)
+        from ..quantization.apply import quantize_loaded_model
+
+        # FP8 weights (quantization.weights resolved to fp8): each rank's loaded local shard, after
+        # any merged LoRA; unmerged LoRA deltas stay in model.dtype around the FP8 base product.
+        quantize_loaded_model(model, self.config)
         return model.eval()
 
     def kv_cache_spec(self) -> list[tuple[int, int]]:

@@ -4,7 +4,7 @@ Hydra's basic launcher runs every job of a sweep in one process. Jobs that diffe
 decoding settings use the same checkpoint, so the experiment layer hands the same
 ``WeightCache`` to each engine: a single-rank runner then reuses the loaded model instead
 of reading the checkpoint again. The cache holds one model (the most recent key); a
-different checkpoint, dtype, device or adapter replaces it, so memory stays bounded.
+different checkpoint, dtype, device, adapter or weight format replaces it, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ class WeightCache:
 
     @staticmethod
     def key_for(config: Any, device: torch.device, dtype: torch.dtype) -> Hashable:
-        """What decides the weights: checkpoint, family, dtype, device and adapter."""
+        """What decides the weights: checkpoint, family, dtype, device, adapter and weight format."""
         lora = config.lora
+        q = getattr(config, "quantization", None)
+        quant = (getattr(q.weights, "value", q.weights), tuple(q.weight_block_size), tuple(q.ignore)) if q else None
         return (config.model.path, config.family, str(dtype), str(device), bool(lora.enabled), lora.path,
-                bool(lora.merge))
+                bool(lora.merge), quant)
 
     def get_or_build(self, key: Hashable, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         if self._model is not None and key == self._key:

@@ -30,7 +30,8 @@ class KernelOps:
     ``fused_moe(x, topk_ids, topk_weights, w13, w2, expert_start=0, num_experts=None)``,
     ``greedy_confidence(logits, forbidden)``, ``rms_norm(x, weight, eps, residual=None)``,
     ``qk_norm_rope(q, k, positions, cos_cache, sin_cache, q_weight=None, k_weight=None, eps=1e-6, cache=None)``,
-    ``silu_and_mul(x)``.
+    ``silu_and_mul(x)``, ``fp8_linear(x, q, scale, block, bias=None)`` (FP8 e4m3 weight ``q [N, K]``
+    with float32 ``scale`` per ``block`` tile; ``x @ dequant(q)^T (+ bias)`` in ``x.dtype``).
     """
 
     name: str
@@ -43,6 +44,7 @@ class KernelOps:
     rms_norm: Callable[..., Any]
     qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[..., torch.Tensor]
+    fp8_linear: Callable[..., torch.Tensor]
 
 
 REFERENCE_OPS = KernelOps(
@@ -56,6 +58,7 @@ REFERENCE_OPS = KernelOps(
     rms_norm=_ref.rms_norm,
     qk_norm_rope=_ref.qk_norm_rope,
     silu_and_mul=_ref.silu_and_mul,
+    fp8_linear=_ref.fp8_linear,
 )
 
 
@@ -75,6 +78,7 @@ def triton_ops() -> KernelOps:
         rms_norm=_tri.rms_norm,
         qk_norm_rope=_tri.qk_norm_rope,
         silu_and_mul=_tri.silu_and_mul,
+        fp8_linear=_tri.fp8_linear,
     )
 
 

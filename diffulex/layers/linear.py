@@ -3,6 +3,10 @@
 Every weight (and bias) parameter carries a ``weight_loader(param, loaded_weight,
 shard_id=None)`` attribute: it takes the FULL checkpoint tensor and copies this rank's
 slice into the parameter, raising ValueError on a shape mismatch.
+
+After loading, :meth:`LinearBase.quantize_weights` may turn the local weight into FP8 (e4m3,
+one float32 scale per tile of this rank's shard, :mod:`diffulex.quantization.fp8`); the
+forward then runs the ``fp8_linear`` op of the layer's kernel backend (``kernels``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffulex.kernels import get_ops
 from diffulex.layers.parallel import TPGroup
 
 
@@ -38,12 +43,28 @@ def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor, shar
         copy_checked(param.data, loaded_weight)
 
 
+def _quantized_loader(param, loaded_weight, shard_id=None) -> None:
+    raise ValueError("this layer's weight is already quantized to FP8; load the checkpoint into a freshly "
+                     "built model (quantization runs after loading)")
+
+
 class LinearBase(nn.Module, ABC):
-    """``y = x W^T (+ b)`` with a local weight of shape ``[out_local, in_local]``."""
+    """``y = x W^T (+ b)`` with a local weight of shape ``[out_local, in_local]``.
+
+    ``dtype`` is the activation (and full-precision weight) dtype. After
+    :meth:`quantize_weights` the weight is float8_e4m3fn with ``weight_scale_inv`` float32
+    ``[ceil(out_local / bn), ceil(in_local / bk)]`` and ``quant_block = (bn, bk)``; the
+    product runs as ``fp8_linear`` of the ``kernels`` backend (set by the model runner).
+    """
+
+    uses_kernels = True
+    quant_block: tuple[int, int] | None = None  # (bn, bk) once quantized
 
     def __init__(self, in_local: int, out_local: int, bias: bool, tp: TPGroup, dtype: torch.dtype) -> None:
         super().__init__()
         self.tp = tp
+        self.dtype = dtype
+        self.kernels = "torch"
         self.weight = nn.Parameter(torch.empty(out_local, in_local, dtype=dtype), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -56,8 +77,39 @@ class LinearBase(nn.Module, ABC):
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """Implemented by each subclass."""
 
+    def quantize_weights(self, block: tuple[int, int]) -> None:
+        """Replace the loaded local weight by FP8 e4m3 values with one scale per ``block`` tile
+        (entries past a dimension cover the whole dimension); idempotent for the same block."""
+        from diffulex.quantization.fp8 import quantize_fp8
+
+        n, k = self.weight.shape
+        bn, bk = (int(block[0]), int(block[1]))
+        if bn < 1 or bk < 1:
+            raise ValueError(f"{type(self).__name__}.quantize_weights: block {tuple(block)} needs entries >= 1")
+        bn, bk = min(bn, n), min(bk, k)
+        if self.quant_block is not None:
+            if self.quant_block != (bn, bk):
+                raise ValueError(f"{type(self).__name__} is already quantized in blocks {self.quant_block}, "
+                                 f"not {(bn, bk)}")
+            return
+        with torch.no_grad():
+            q, scale = quantize_fp8(self.weight.data, (bn, bk))
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.weight.weight_loader = _quantized_loader
+        self.register_buffer("weight_scale_inv", scale)
+        self.quant_block = (bn, bk)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's ``x W^T`` without bias or reduction (unmerged LoRA adds to it before the reduce)."""
+        if self.quant_block is None:
+            return F.linear(x, self.weight)
+        return get_ops(x.device, self.kernels).fp8_linear(x, self.weight, self.weight_scale_inv, self.quant_block)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.quant_block is None:
+            return F.linear(x, self.weight, self.bias)
+        return get_ops(x.device, self.kernels).fp8_linear(x, self.weight, self.weight_scale_inv, self.quant_block,
+                                                          self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -184,5 +236,5 @@ class RowParallelLinear(LinearBase):
             copy_checked(param.data, narrow_checked(loaded_weight, 1, self.tp.rank * cols, cols, cols * self.tp.size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(self.matmul(x))
         return y if self.bias is None else y + self.bias

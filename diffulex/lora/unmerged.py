@@ -35,7 +35,7 @@ class LoRALinear(nn.Module):
         delta = F.linear(F.linear(x, self.lora_a), self.lora_b)  # [N, out_local]
         base = self.base
         if isinstance(base, RowParallelLinear):  # partial sums: reduce together with the base product
-            y = base.tp.all_reduce(F.linear(x, base.weight) + delta)
+            y = base.tp.all_reduce(base.matmul(x) + delta)  # the FP8 product too, once quantized
             return y if base.bias is None else y + base.bias
         return base(x) + delta
 
@@ -77,7 +77,7 @@ def _build(base: LinearBase | ParallelLMHead, targets: list[LoRATarget]) -> LoRA
             b = _sliced(base, lora.b, (out_local, r), t.shard_id, what + " lora_B")
         a_parts.append(a)
         b_parts.append(lora.scale * b)
-    dtype = base.weight.dtype
+    dtype = base.dtype  # the activation dtype (the weight may be FP8)
     return LoRALinear(base, torch.cat(a_parts).to(dtype), torch.cat(b_parts, dim=1).to(dtype))
 
 

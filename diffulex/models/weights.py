@@ -38,7 +38,34 @@ def checkpoint_files(path: str | Path) -> list[Path]:
 
 
 def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor of every shard, one shard open at a time."""
+    """Yield ``(name, tensor)`` for every tensor of every shard, one shard open at a time.
+
+    An FP8 checkpoint (config.json ``quantization_config.quant_method == "fp8"``) is read
+    dequantized: each FP8 ``X.weight`` and its ``X.weight_scale_inv`` / ``X.weight_scale`` come
+    out as one float32 ``X.weight`` (:mod:`diffulex.quantization.checkpoint`), so the families'
+    name mappings and LoRA merging see a full-precision checkpoint's names.
+    """
+    root = Path(path)
+    quant = None
+    if root.is_dir():
+        from diffulex.config.quantization import checkpoint_quantization
+
+        quant = checkpoint_quantization(root)
+    if quant is not None and quant.method == "fp8":
+        from diffulex.quantization.checkpoint import dequantized
+
+        yield from dequantized(_iter_raw(root), quant.block)
+        return
+    for name, tensor in _iter_raw(root):
+        if tensor.dtype == torch.float8_e4m3fn:
+            raise ValueError(f"checkpoint tensor {name!r} is float8_e4m3fn but {root / 'config.json'} declares no "
+                             "FP8 format; add quantization_config = {\"quant_method\": \"fp8\", "
+                             "\"weight_block_size\": [bn, bk]} (the tiles of its weight_scale_inv tensors)")
+        yield name, tensor
+
+
+def _iter_raw(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of every shard as stored."""
     for file in checkpoint_files(path):
         try:
             handle = safe_open(str(file), framework="pt")

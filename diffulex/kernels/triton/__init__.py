@@ -7,6 +7,7 @@ the CPU tests check them.
 """
 
 from diffulex.kernels.triton.activation import silu_and_mul
+from diffulex.kernels.triton.fp8_linear import fp8_linear
 from diffulex.kernels.triton.fused_moe import fused_moe
 from diffulex.kernels.triton.greedy_confidence import greedy_confidence
 from diffulex.kernels.triton.moe_router import group_limited_topk, moe_route
@@ -15,5 +16,5 @@ from diffulex.kernels.triton.paged_attention import paged_attention
 from diffulex.kernels.triton.rotary import qk_norm_rope
 from diffulex.kernels.triton.store_kvcache import store_kvcache
 
-__all__ = ["fused_moe", "greedy_confidence", "group_limited_topk", "moe_route", "paged_attention", "qk_norm_rope", "rms_norm",
+__all__ = ["fp8_linear", "fused_moe", "greedy_confidence", "group_limited_topk", "moe_route", "paged_attention", "qk_norm_rope", "rms_norm",
            "silu_and_mul", "store_kvcache"]
