@@ -144,17 +144,20 @@ def resolve_quantization(cfg: "Config", notes: Notes) -> None:
     """Settle ``quantization.weights`` (auto -> fp8 | none) and the tiles against the checkpoint.
 
     Sets ``cfg.checkpoint_quant`` (:class:`CheckpointQuant`). On an FP8 checkpoint with
-    ``weights=fp8`` its own ``weight_block_size`` replaces the configured one (recorded in the
-    notes when they differ): its tensors are requantized in their own tiles, which gives back
-    the checkpoint's FP8 values.
+    ``weights`` auto or fp8 its own ``weight_block_size`` replaces the configured one (a note
+    when fp8 was asked for with other tiles): its tensors are requantized in their own tiles,
+    which gives back the checkpoint's FP8 values.
     """
     q = cfg.quantization
     ck = cfg.checkpoint_quant = checkpoint_quantization(cfg.model.path)
-    if q.weights == WeightQuant.AUTO:
+    auto = q.weights == WeightQuant.AUTO
+    if auto:
         q.weights = WeightQuant.FP8 if ck.method == "fp8" else WeightQuant.NONE
     if ck.method == "fp8" and q.weights == WeightQuant.FP8:
         own = list(ck.block) if ck.block is not None else [0, 0]
-        if own != q.weight_block_size:
+        if auto:  # the checkpoint's own format, tiles included
+            q.weight_block_size = own
+        elif own != q.weight_block_size:
             notes.changed("quantization.weight_block_size", q.weight_block_size, own,
                           "an FP8 checkpoint's tensors keep their own tiles (config.json "
                           "quantization_config.weight_block_size; none there: one scale per tensor)")
