@@ -57,6 +57,10 @@ from diffulex.engine.batch import host_to_device, rows_on  # noqa: E402
 from diffulex.sampling.base import Decision, Sampler, fills_per_request  # noqa: E402
 from diffulex.sampling.select import select_tokens  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "experiments"))
+from roofline import (H200_BF16_DENSE_PEAK_TFLOPS, ReplayProbe, flop_profile, kv_bytes_per_token,  # noqa: E402
+                      weight_bytes)
+
 # -- model shapes ------------------------------------------------------------------------------
 SHAPES = {
     "llada2_mini": dict(family="llada2", layers=20, hidden=2048, heads=16, kv_heads=4, head_dim=128,
@@ -306,56 +310,6 @@ class StepTimer:
             del self.graphs.run  # the instance attribute: the class method again
 
 
-class RouterProbe:
-    """Counts distinct experts per MoE layer from the routers' outputs (device-side, read at the end)."""
-
-    def __init__(self, model) -> None:
-        from diffulex.layers.moe.router import GroupLimitedSigmoidRouter, SoftmaxTopKRouter
-
-        self.handles, self.counts = [], []
-        self.active = True  # record only while set (the measured steps)
-        for mod in model.modules():
-            if isinstance(mod, (GroupLimitedSigmoidRouter, SoftmaxTopKRouter)):
-                self.handles.append(mod.register_forward_hook(self._hook))
-
-    def _hook(self, mod, inp, out):
-        if not self.active:
-            return
-        ids = out[0][:, :mod.top_k]  # routed columns only (a shared expert's slot may follow)
-        seen = torch.zeros(mod.num_experts, dtype=torch.int32, device=ids.device)
-        seen.scatter_(0, ids.flatten(), 1)
-        self.counts.append(seen.sum())
-
-    def mean_u(self) -> float | None:
-        return float(torch.stack(self.counts).float().mean()) if self.counts else None
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def weight_bytes(model) -> tuple[int, int, int]:
-    """(bytes read every step, bytes of one routed expert, number of MoE layers)."""
-    from diffulex.layers.moe.experts import StackedExperts
-
-    routed, expert_bytes, moe_layers = set(), 0, 0
-    for mod in model.modules():
-        if isinstance(mod, StackedExperts):
-            routed |= {id(mod.w13), id(mod.w2)}
-            expert_bytes = (mod.w13[0].numel() + mod.w2[0].numel()) * mod.w13.element_size()
-            moe_layers += 1
-    always = 0
-    for name, p in model.named_parameters():
-        if id(p) in routed or "embed" in name or name.endswith("wte.weight"):
-            continue  # the embedding table: only the step's rows are read
-        always += p.numel() * p.element_size()
-    return always, expert_bytes, moe_layers
-
-
-def kv_bytes_per_token(runner) -> int:
-    return sum(2 * k.shape[2] * k.shape[3] * k.element_size() for k, _ in runner.kv_caches)
-
-
 def add_requests(engine, batch: int, prompt_len: int, max_tokens: int) -> list[int]:
     """``batch`` greedy requests with random prompts, the same for the same (batch, prompt_len)."""
     from diffulex.sampling_params import SamplingParams
@@ -379,19 +333,22 @@ def drop_requests(engine, ids: list[int]) -> None:
         engine._requests.pop(r, None)
 
 
-def measured_u(engine, batch: int, prompt_len: int, warmup: int, measure: int, max_tokens: int) -> float | None:
-    """Mean distinct routed experts per MoE layer over the measured steps of a row, from an eager
-    replay of the same requests (graphs off: hooks do not run inside a graph replay)."""
-    probe = RouterProbe(engine.runner.model)
-    if not probe.handles:
-        return None
+def replay_stats(engine, batch: int, prompt_len: int, warmup: int, measure: int, max_tokens: int,
+                 cuda: bool) -> dict:
+    """An untimed eager replay of a row's requests (same prompts and schedule, so the same steps;
+    graphs off: hooks do not run inside a graph replay). Over the measured steps, per forward:
+    ``u`` (distinct routed experts per MoE layer), ``tokens``, model ``flops``, and the experts
+    calls' GPU time ``experts_s`` and FLOPs ``experts_flops`` (see ``roofline.ReplayProbe``)."""
+    probe = ReplayProbe(engine, cuda)
     graphs, engine.runner.graphs = engine.runner.graphs, None
     ids = add_requests(engine, batch, prompt_len, max_tokens)
+    model = engine.runner.model
     try:
         for i in range(warmup + measure):
             probe.active = i >= warmup
             engine.step()
-        return probe.mean_u()
+        profile = flop_profile(model)
+        return probe.summary(profile, profile["assignment"])
     finally:
         engine.runner.graphs = graphs
         probe.close()
@@ -399,8 +356,9 @@ def measured_u(engine, batch: int, prompt_len: int, warmup: int, measure: int, m
 
 
 def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: int, cuda: bool,
-             max_tokens: int) -> dict:
-    """Add ``batch`` requests, step ``warmup + measure`` times, abort; the row's numbers."""
+             max_tokens: int, replay: bool = True) -> dict:
+    """Add ``batch`` requests, step ``warmup + measure`` times, abort; the row's numbers (with
+    ``replay``, also those of :func:`replay_stats`)."""
     ids = add_requests(engine, batch, prompt_len, max_tokens)
     timer = StepTimer(engine, cuda)
     if cuda:
@@ -425,7 +383,7 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
         timer.restore()
         drop_requests(engine, ids)
     peak = torch.cuda.max_memory_allocated() if cuda else 0
-    u = measured_u(engine, batch, prompt_len, warmup, measure, max_tokens)
+    replay = replay_stats(engine, batch, prompt_len, warmup, measure, max_tokens, cuda) if replay else {}
     sl = slice(warmup, warmup + measure)
     gpu = [timer.gpu_s(i) for i in range(warmup + measure)][sl]
     host = [w - g for w, g in zip(walls[sl], gpu)]
@@ -434,8 +392,8 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     tpf = statistics.mean(decided[sl]) / batch
     return dict(fwd_s=statistics.median(gpu), step_s=statistics.median(walls[sl]), host_s=statistics.median(host),
                 graph_s=timer.graph_s(range(warmup, warmup + measure)),
-                tpf=tpf, u=u, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
-                peak=peak)
+                tpf=tpf, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
+                peak=peak, **replay)
 
 
 def profile_steps(engine, args, name: str, k: int = 32, batch: int = 1) -> None:
@@ -496,12 +454,13 @@ def vanilla_rows(name, path, args, common, ks, batches, max_tokens, cuda, result
         van.config.strategy.steps_per_block = 32 // k
         for b in batches:
             try:
-                r = run_rows(van, k, b, args.prompt_len, 1, args.vanilla_measure, cuda, max_tokens[k])
+                r = run_rows(van, k, b, args.prompt_len, 1, args.vanilla_measure, cuda, max_tokens[k], replay=False)
             except torch.cuda.OutOfMemoryError as exc:
                 log(f"[{name}] vanilla k={k} b={b}: OOM ({exc})")
                 gc.collect(); torch.cuda.empty_cache()
                 continue
-            r.update(model=name, engine="vanilla", kernels="torch", k=k, batch=b)
+            r.update(model=name, engine="vanilla", kernels="torch", quantization=common.get("quantization", {}).get(
+                "weights", "none"), k=k, batch=b)
             vrows[(k, b)] = r
             results.append(r)
             log(f"[{name}] vanilla k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f} "
@@ -511,16 +470,52 @@ def vanilla_rows(name, path, args, common, ks, batches, max_tokens, cuda, result
     return vrows
 
 
-def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> None:
+def describe_checkpoint(path: Path) -> str:
+    """Family and shape of a checkpoint folder, from its config.json (for the log)."""
+    cfg = json.loads((path / "config.json").read_text())
+
+    def get(*keys):
+        return next((cfg[k] for k in keys if cfg.get(k) is not None), "?")
+
+    text = (f"model_type {get('model_type')}, {get('num_hidden_layers', 'n_layers')} layers, hidden "
+            f"{get('hidden_size', 'd_model')}, vocab {get('vocab_size')}, dtype {get('torch_dtype')}")
+    if cfg.get("num_experts"):
+        text += f", {cfg['num_experts']} experts top-{get('num_experts_per_tok')}"
+    quant = cfg.get("quantization_config")
+    if quant:
+        text += f", quantization_config {quant.get('quant_method', quant)}"
+    return text
+
+
+def _fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
+    """A number for the table, ``-`` for a missing / not measurable one."""
+    if value is None or isinstance(value, str) or value != value:
+        return "-"
+    return format(value * scale, spec)
+
+
+def bench_model(name: str, args, out_lines: list[str], results: list[dict], checkpoint: str | None = None) -> None:
+    """Benchmark one model: a written random checkpoint of shape ``name``, or the existing
+    ``checkpoint`` folder (then ``name`` is only the label of its rows)."""
     from diffulex import Diffulex
     from diffulex.layers.backend import set_kernel_backend
 
     cuda = args.device == "cuda"
     dev = torch.device(args.device)
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench_{name}_", dir=args.workdir))
-    t0 = time.perf_counter()
-    path = write_checkpoint(name, workdir / name, dev, torch.bfloat16 if cuda else torch.float32, tiny=args.tiny)
-    log(f"[{name}] checkpoint written in {time.perf_counter() - t0:.1f}s -> {path}")
+    workdir = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"benchmark: --checkpoint {path}: no config.json in that folder")
+        log(f"[{name}] checkpoint {path}: {describe_checkpoint(path)}")
+    else:
+        if name not in SHAPES:
+            raise SystemExit(f"benchmark: unknown model {name!r}; choose from {sorted(SHAPES)} or pass --checkpoint DIR")
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench_{name}_", dir=args.workdir))
+        t0 = time.perf_counter()
+        path = write_checkpoint(name, workdir / name, dev, torch.bfloat16 if cuda else torch.float32, tiny=args.tiny)
+        log(f"[{name}] checkpoint written in {time.perf_counter() - t0:.1f}s -> {path}")
+    quant = args.quantization
     ks = args.ks
     batches = args.batches
     steps_needed = args.warmup + args.measure + 4
@@ -529,6 +524,12 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
     max_len = max(plens) + max(max_tokens.values()) + 64
     common = dict(device=args.device, page_size=32, max_model_len=max_len, record_trajectory=False,
                   dtype="bfloat16" if cuda else "float32")
+    from diffulex.config.aliases import GROUPS
+
+    if "quantization" in GROUPS:  # the engine's quantization group: none = full precision, fp8 = e4m3 weights
+        common["quantization"] = {"weights": quant}
+    elif quant != "none":
+        raise SystemExit("benchmark: --quantization fp8 needs the engine's quantization config group")
     backends = ["torch", "triton"] if cuda else ["torch"]
     if cuda and args.graphs:
         backends.append("triton+graphs")
@@ -548,14 +549,15 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
                       kernels=backends[-1].split("+")[0], max_num_seqs=max(batches),
                       max_num_batched_tokens=max(max(batches) * (args.prompt_len + 32), max(plens) + 32) + 64,
                       enforce_eager=not (cuda and args.graphs), **common)
-    log(f"[{name}] engine built in {time.perf_counter() - t0:.1f}s")
+    resolved = getattr(getattr(engine.config, "quantization", None), "weights", quant)
+    quant = getattr(resolved, "value", resolved)  # what the engine runs (rows carry it)
+    log(f"[{name}] engine built in {time.perf_counter() - t0:.1f}s (weights: quantization {quant})")
     if args.check and cuda:
-        sys.path.insert(0, str(ROOT / "experiments"))
-        from gpu_check import compare_backends_on_engine
+        from gpu_check import compare_backends_on_engine, summary
 
         res = compare_backends_on_engine(engine, args.prompt_len)
-        log(f"[{name}] bf16 logits torch vs triton: {res}")
-        results.append({"model": name, "check": res})
+        log(f"[{name}] {common['dtype']} logits torch vs triton (weights: quantization {quant}): {summary(res)}")
+        results.append({"model": name, "quantization": quant, "check": res})
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / f"check_{name}.json").write_text(json.dumps(res, indent=1))
@@ -568,7 +570,10 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
         return
     always, expert_b, moe_layers = weight_bytes(engine.runner.model)
     kvb = kv_bytes_per_token(engine.runner)
+    log(f"[{name}] weights read per step: {always / 1e6:.3f} MB + U x {expert_b / 1e6:.4f} MB per MoE layer "
+        f"x {moe_layers} MoE layers; KV {kvb} B per token")
     bw = args.bandwidth
+    peak = args.peak_tflops * 1e12 if cuda else None  # no compute peak for the CPU smoke run
     rows = {}
     graphs = engine.runner.graphs
     max_splits = importlib.import_module("diffulex.kernels.triton.paged_attention")._MAX_SPLITS if cuda else 0
@@ -608,39 +613,69 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict]) -> N
             u = r["u"] if moe_layers else None
             nbytes = always + (u or 0) * expert_b * moe_layers + (r["ctx"] + r["ntok"]) * kvb
             floor = nbytes / bw if bw else float("nan")
-            r.update(model=name, engine="multi_bd", kernels=backend, k=k, batch=b, bytes=nbytes, floor_s=floor,
+            cfloor = r["flops"] / peak if peak and r["flops"] else None
+            tflops = r["experts_flops"] / r["experts_s"] if r["experts_s"] else None
+            r.update(model=name, engine="multi_bd", kernels=backend, quantization=quant, k=k, batch=b, bytes=nbytes,
+                     floor_s=floor, u=u if u is not None else "-",
+                     floor_ratio=r["fwd_s"] / floor if bw else None,
+                     step_floor_ratio=r["step_s"] / floor if bw else None,
+                     compute_floor_s=cfloor, compute_ratio=r["fwd_s"] / cfloor if cfloor else None,
+                     experts_tflops=tflops / 1e12 if tflops else None,
+                     experts_peak_pct=100 * tflops / peak if tflops and peak else None,
                      prompt_len=plen, graphs=(graphs.captures, graphs.replays) if graphs is not None else None)
             rows[(backend, plen, k, b)] = r
             results.append(r)
-            log(f"[{name}] {backend:6s} prompt={plen} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step {r['step_s']*1e3:8.2f}"
-                f" host {r['host_s']*1e3:6.2f} graphed part {(r['graph_s'] or 0)*1e3:6.2f} tpf {r['tpf']:.2f} U {u}"
-                f" floor {floor*1e3:.2f} graphs {r['graphs']}")
+            log(f"[{name}] {backend:6s} {quant} prompt={plen} k={k:2d} b={b:2d} fwd {r['fwd_s']*1e3:8.2f} ms step "
+                f"{r['step_s']*1e3:8.2f} host {r['host_s']*1e3:6.2f} graphed part {(r['graph_s'] or 0)*1e3:6.2f} "
+                f"tpf {r['tpf']:.2f} floor {floor*1e3:.2f} ms ratio {_fmt(r['floor_ratio'])} (U {_fmt(u, '.1f')}); "
+                f"{r['tokens']:.0f} tokens, {r['flops'] / 1e12:.4g} TFLOP, compute floor "
+                f"{_fmt(cfloor, '.2f', 1e3)} ms ratio {_fmt(r['compute_ratio'])} (U {_fmt(u, '.1f')}); experts "
+                f"{_fmt(r['experts_s'], '.2f', 1e3)} ms {_fmt(r['experts_tflops'], '.4g')} TFLOP/s "
+                f"({_fmt(r['experts_peak_pct'], '.1f')} % of peak); graphs {r['graphs']}")
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------
     vrows = vanilla_rows(name, path, args, common, ks, batches, max_tokens, cuda, results) if args.vanilla else {}
-    if not args.keep:
+    if workdir is not None and not args.keep:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    # -- table ----------------------------------------------------------------------------------
-    out_lines.append(f"\n### {name} ({'tiny' if args.tiny else 'real shape'}, random weights), "
-                     f"HBM {bw / 1e12:.2f} TB/s measured\n" if bw else f"\n### {name} (tiny, CPU)\n")
-    out_lines.append("| kernels | prompt | k | batch | fwd ms | graphed part ms | step ms | host ms (% step) | tok/s | TPF | U | GB/step | "
-                     "floor ms | floor ratio | peak GiB | vanilla step ms | speed-up vs vanilla (per step, same k) |")
-    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    # -- tables ---------------------------------------------------------------------------------
+    if checkpoint is not None:
+        what = f"checkpoint {path}"
+    else:
+        what = f"{'tiny' if args.tiny else 'real shape'}, random weights"
+    out_lines.append(f"\n### {name} ({what}; weights: quantization {quant}), HBM {bw / 1e12:.2f} TB/s measured\n"
+                     if bw else f"\n### {name} ({what}; weights: quantization {quant}; CPU)\n")
+    out_lines.append("| kernels | quant | prompt | k | batch | fwd ms | graphed part ms | step ms | host ms (% step) | tok/s | "
+                     "TPF | GB/step | floor ms | U | floor ratio | peak GiB | vanilla step ms | "
+                     "speed-up vs vanilla (per step, same k) |")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (backend, plen, k, b), r in rows.items():
         v = vrows.get((k, b)) if plen == args.prompt_len else None
         toks = b * r["tpf"] / r["step_s"]
-        u = f"{r['u']:.1f}" if r["u"] is not None else "-"
-        ratio = r["fwd_s"] / r["floor_s"] if r["floor_s"] == r["floor_s"] else float("nan")
         graphed = f"{r['graph_s']*1e3:.2f}" if r.get("graph_s") else "-"
         vanilla = f"{v['step_s']*1e3:.2f} | {v['step_s']/r['step_s']:.1f}x" if v else "- | -"
         out_lines.append(
-            f"| {backend} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {graphed} | {r['step_s']*1e3:.2f} | "
-            f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | {u} | "
-            f"{r['bytes']/1e9:.2f} | {r['floor_s']*1e3:.2f} | {ratio:.2f} | {r['peak']/2**30:.1f} | {vanilla} |")
-    for line in out_lines[-(len(rows) + 3):]:
+            f"| {backend} | {quant} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {graphed} | {r['step_s']*1e3:.2f} | "
+            f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | "
+            f"{r['bytes']/1e9:.2f} | {_fmt(r['floor_s'], '.2f', 1e3)} | {_fmt(r['u'], '.1f')} | "
+            f"{_fmt(r['floor_ratio'])} | {r['peak']/2**30:.1f} | {vanilla} |")
+    n_main = len(rows) + 3
+    peak_text = f"{args.peak_tflops:.0f} TFLOP/s" if cuda else "no peak on CPU"
+    out_lines.append(f"\nCompute ({name}): compute floor = model FLOPs / {peak_text} (bf16 dense peak); experts = "
+                     "the MoE experts calls of an untimed eager replay (CUDA events), FLOPs 2 x assignments x "
+                     "(2I*H + H*I)\n")
+    out_lines.append("| kernels | quant | prompt | k | batch | tokens / fwd | TFLOP / fwd | compute floor ms | U | "
+                     "fwd / compute floor | experts ms | experts TFLOP/s | experts % of peak |")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (backend, plen, k, b), r in rows.items():
+        out_lines.append(
+            f"| {backend} | {quant} | {plen} | {k} | {b} | {r['tokens']:,.0f} | {r['flops'] / 1e12:.4g} | "
+            f"{_fmt(r['compute_floor_s'], '.2f', 1e3)} | {_fmt(r['u'], '.1f')} | {_fmt(r['compute_ratio'])} | "
+            f"{_fmt(r['experts_s'], '.2f', 1e3)} | {_fmt(r['experts_tflops'], '.4g')} | "
+            f"{_fmt(r['experts_peak_pct'], '.1f')} |")
+    for line in out_lines[-(n_main + len(rows) + 3):]:
         print(line, flush=True)
 
 
@@ -654,7 +689,17 @@ def log(msg: str) -> None:
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="llada2_mini,llada_8b")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated shapes to write random checkpoints of ({','.join(SHAPES)}; default all); "
+                    "with --checkpoint: the labels of the checkpoints' rows (default: the folder names)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="comma-separated existing checkpoint folders to benchmark instead of written random "
+                    "weights (family and shape from each config.json)")
+    ap.add_argument("--quantization", default="none", choices=["none", "fp8"],
+                    help="weights of the engine: none (as loaded) or fp8 (passes quantization={'weights': 'fp8'})")
+    ap.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_PEAK_TFLOPS,
+                    help="bf16 dense peak for the compute floor and the experts' %% of peak (default: the "
+                    "H200 figure of issue #18)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="tiny sizes of the same families (CPU smoke run)")
     ap.add_argument("--ks", default="1,32")
@@ -681,6 +726,14 @@ def parse(argv=None):
     args = ap.parse_args(argv)
     args.ks = [int(x) for x in args.ks.split(",")]
     args.batches = [int(x) for x in args.batches.split(",")]
+    if args.checkpoint:
+        args.checkpoint = [c for c in args.checkpoint.split(",") if c]
+        labels = args.models.split(",") if args.models else [Path(c).name for c in args.checkpoint]
+        if len(labels) != len(args.checkpoint):
+            ap.error(f"--models names {len(labels)} label(s) for {len(args.checkpoint)} --checkpoint folder(s)")
+        args.runs = list(zip(labels, args.checkpoint))
+    else:
+        args.runs = [(m, None) for m in (args.models or ",".join(SHAPES)).split(",")]
     return args
 
 
@@ -695,8 +748,8 @@ def main(argv=None) -> list[dict]:
     lines = [f"card: {card}; torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
              f"command: {' '.join(sys.argv)}"]
     results: list[dict] = []
-    for name in args.models.split(","):
-        bench_model(name, args, lines, results)
+    for name, checkpoint in args.runs:
+        bench_model(name, args, lines, results, checkpoint)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
