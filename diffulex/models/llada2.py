@@ -100,6 +100,30 @@ class LLaDA2SparseMoe(nn.Module):
                 linear.weight = nn.Parameter(view, requires_grad=False)
                 linear.weight.__dict__.update(old.__dict__)  # weight_loader and the like
 
+    def after_quantization(self) -> None:
+        """After the FP8 pass (:mod:`diffulex.quantization.apply`): the shared expert's layers, quantized
+        on their own, read the stacked slot's FP8 values and scales again when they are the same (same
+        tiles), so the fold above stays and the duplicate copy is freed."""
+        shared, experts = self.shared_experts, self.experts
+        if shared is None or not experts.extra_slots or not getattr(experts, "is_fp8", False):
+            return
+        layers = (shared.gate_up_proj, shared.down_proj)
+        if type(layers[0]) is not MergedColumnParallelLinear or type(layers[1]) is not RowParallelLinear:
+            return
+        views, scales = experts.slot(0), experts.slot_scales(0)
+        for linear, view, scale in zip(layers, views, scales):
+            if (linear.quant_block is None or tuple(linear.weight.shape) != tuple(view.shape)
+                    or tuple(linear.weight_scale_inv.shape) != tuple(scale.shape)
+                    or not torch.equal(linear.weight.view(torch.uint8), view.view(torch.uint8))
+                    or not torch.equal(linear.weight_scale_inv, scale)):
+                return
+        for linear, view, scale in zip(layers, views, scales):
+            loader = linear.weight.__dict__.get("weight_loader")
+            linear.weight = nn.Parameter(view, requires_grad=False)
+            if loader is not None:
+                linear.weight.weight_loader = loader
+            linear.weight_scale_inv = scale
+
     def _folds_shared(self, n_tok: int) -> bool:
         """Run the shared expert inside the fused MoE: Triton path, its weights still the stacked
         slot (no unmerged LoRA wrapper around its layers), and few tokens (``FOLD_MAX_TOKENS``)."""

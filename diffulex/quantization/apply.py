@@ -6,6 +6,8 @@ any other module that implements it, e.g. stacked experts), and none of the full
 patterns (:func:`diffulex.config.quantization.full_precision_patterns`) matches its name or the
 checkpoint name of a tensor it loads. On an FP8 checkpoint, a module whose checkpoint weights
 were not all stored in FP8 stays in full precision too (the checkpoint's author kept it so).
+Afterwards every module's ``after_quantization()`` (where defined) runs, e.g. LLaDA2's MoE pointing
+its shared expert's FP8 layers back at the stacked experts' slot.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ def quantize_modules(model: nn.Module, block: Iterable[int], patterns: Iterable[
     tile = resolve_block(block, [m for _, m in targets])
     for _, module in targets:
         module.quantize_weights(tile)
+    for module in model.modules():  # e.g. LLaDA2's MoE re-sharing its shared expert's FP8 slot
+        hook = getattr(module, "after_quantization", None)
+        if callable(hook):
+            hook()
     return [name for name, _ in targets]
 
 
