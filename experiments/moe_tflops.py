@@ -69,12 +69,14 @@ def kernel_times(fn, reps: int) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for i in range(reps):
             fn(i)
         torch.cuda.synchronize()
     out = {}
     for ev in prof.key_averages():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
         for kernel in ("_gate_up_kernel", "_down_kernel"):
             if kernel in ev.key and ev.count:
                 out[kernel] = out.get(kernel, 0.0) + ev.self_device_time_total / 1e3 / reps  # us -> ms per call
