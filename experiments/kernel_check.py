@@ -4,7 +4,8 @@ Run on a CUDA machine from the repo root: ``python experiments/kernel_check.py [
 For batches of 1/4/16 sequences x 32 query tokens over 128..2048 cached tokens (page 32),
 bf16: checks store_kvcache, paged attention (block-causal, cache_only, sliding window,
 softcap), the group-limited router top-k, fused MoE (256 experts, top-8, I=512) and greedy
-confidence (vocab 157184), RMSNorm + residual, q/k norm + RoPE and SiLU-and-mul, then times Triton vs reference with CUDA events (median after
+confidence (vocab 157184), RMSNorm + residual, q/k norm + RoPE and SiLU-and-mul, and (once, not per
+batch) the FP8 W8A16 dense linear at LLaDA-8B / LLaDA2.0-mini shapes against bf16 ``F.linear``, then times Triton vs reference with CUDA events (median after
 warm-up, inputs rotated so repeats do not just hit L2). Prints one table; exits 1 on any
 mismatch. The MoE timing baseline is the per-expert loop the engine uses now
 (``StackedExperts``); the per-token loop is only the correctness oracle.
@@ -235,7 +236,8 @@ def check_moe_fp8(tri, batch: int, gen: torch.Generator) -> None:
     w = torch.rand(t, TOP_K, device=DEV)
     w13 = torch.randn(EXPERTS, 2 * MOE_I, HIDDEN, device=DEV, dtype=DT) * HIDDEN ** -0.5
     w2 = torch.randn(EXPERTS, HIDDEN, MOE_I, device=DEV, dtype=DT) * MOE_I ** -0.5
-    experts = StackedExperts(EXPERTS, HIDDEN, MOE_I, dtype=DT).to(DEV)
+    with torch.device(DEV):  # built on the GPU: its parameters are views of the stacked storage
+        experts = StackedExperts(EXPERTS, HIDDEN, MOE_I, dtype=DT)
     experts.w13.data.copy_(w13)
     experts.w2.data.copy_(w2)
     experts.quantize_weights((128, 128))
@@ -251,6 +253,57 @@ def check_moe_fp8(tri, batch: int, gen: torch.Generator) -> None:
     record("fused_moe_fp8", f"B={batch} T={t}", err, err < 2e-2, t_bf16, t_fp8,
            f"U={used}, {w_bytes / 1e6:.0f} MB fp8, {w_bytes / t_fp8 / 1e6:.0f} GB/s; vs bf16 weights rel err "
            f"{err_bf16:.1e} (ref_ms = bf16 fused MoE)")
+
+
+# FP8 dense linears (W8A16): (label, N, K) of LLaDA-8B (hidden 4096, 32 heads, MLP 12288) and the
+# LLaDA2.0-mini dense parts (hidden 2048, 16 + 2 x 4 heads of 128, dense MLP 5120, shared expert 512).
+FP8_LINEAR_SHAPES = [
+    ("8B qkv", 12288, 4096), ("8B gate_up", 2 * 12288, 4096), ("8B o_proj", 4096, 4096), ("8B down", 4096, 12288),
+    ("mini qkv", 3072, 2048), ("mini dense", 2048, 2048), ("mini gate_up", 2 * 5120, 2048),
+    ("mini down", 2048, 5120), ("mini shared gu", 1024, 2048),
+]
+FP8_LINEAR_TOKENS = (1, 32, 128, 2048)
+
+
+def _rotating(calls):
+    """One call per invocation, cycling through ``calls`` (a captured graph then rotates the weights)."""
+    state = [0]
+
+    def fn():
+        calls[state[0] % len(calls)]()
+        state[0] += 1
+    return fn
+
+
+def check_fp8_linear(tri, label: str, n: int, k: int, tokens=FP8_LINEAR_TOKENS) -> None:
+    """The Triton W8A16 ``fp8_linear`` (128 x 128 scale tiles) against the reference on the same FP8
+    weight, graph-timed beside the bf16 ``F.linear`` (cuBLAS) of the original weight; weight copies
+    rotate so the timing reads HBM, not L2. GB/s counts the weight, scale, input and output bytes."""
+    from diffulex.quantization import quantize_fp8
+
+    block = (128, 128)
+    w = torch.randn(n, k, device=DEV, dtype=DT) * k ** -0.5
+    q, scale = quantize_fp8(w, block)
+    copies = max(2, min(8, math.ceil(200e6 / (n * k))))
+    ws = [w] + [w.clone() for _ in range(copies - 1)]
+    qs = [(q, scale)] + [(q.clone(), scale.clone()) for _ in range(copies - 1)]
+    for m in tokens:
+        try:
+            x = torch.randn(m, k, device=DEV, dtype=DT)
+            out = tri.fp8_linear(x, q, scale, block)
+            ref = REFERENCE_OPS.fp8_linear(x, q, scale, block)
+            err = rel_err(out, ref)
+            err_bf16 = rel_err(out, F.linear(x, w))
+            t_bf16 = bench_graph(_rotating([lambda w_=w_: F.linear(x, w_) for w_ in ws]))
+            t_fp8 = bench_graph(_rotating([lambda qs_=qs_: tri.fp8_linear(x, qs_[0], qs_[1], block) for qs_ in qs]))
+            fp8_bytes = n * k + scale.numel() * 4 + 2 * m * (k + n)
+            bf16_bytes = 2 * n * k + 2 * m * (k + n)
+            record("fp8_linear", f"{label} M={m} N={n} K={k}", err, err < 1e-2, t_bf16, t_fp8,
+                   f"{fp8_bytes / t_fp8 / 1e6:.0f} GB/s fp8, {bf16_bytes / t_bf16 / 1e6:.0f} GB/s bf16; "
+                   f"{2 * m * n * k / t_fp8 / 1e9:.0f} TFLOP/s; vs bf16 weights rel err {err_bf16:.1e} "
+                   "(ref_ms = bf16 F.linear)")
+        except Exception as exc:  # one failing shape is recorded; the other shapes and checks still run
+            record("fp8_linear", f"{label} M={m} N={n} K={k}", None, False, note=f"{type(exc).__name__}: {exc}")
 
 
 def check_greedy(tri, batch: int, gen: torch.Generator) -> None:
@@ -340,6 +393,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="time only the main attention mode")
     parser.add_argument("--batches", default="1,4,16")
+    parser.add_argument("--no-fp8-linear", action="store_true",
+                        help="skip the FP8 dense-linear rows (LLaDA-8B / LLaDA2.0-mini shapes, M = 1, 32, 128, 2048)")
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         print("kernel_check needs a CUDA device", file=sys.stderr)
@@ -360,6 +415,12 @@ def main() -> int:
                     check(tri, batch, gen)
             except Exception as exc:  # a crash is a failure of that op, the rest still run
                 record(check.__name__.removeprefix("check_"), f"B={batch}", None, False, note=f"{type(exc).__name__}: {exc}")
+    if not opts.no_fp8_linear:
+        for label, n, k in FP8_LINEAR_SHAPES:
+            try:
+                check_fp8_linear(tri, label, n, k)
+            except Exception as exc:  # e.g. out of memory while building the weights
+                record("fp8_linear", label, None, False, note=f"{type(exc).__name__}: {exc}")
     print_table()
     failed = [r for r in ROWS if not r["ok"]]
     print(f"{len(ROWS) - len(failed)}/{len(ROWS)} ok")
