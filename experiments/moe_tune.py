@@ -47,6 +47,9 @@ def main() -> int:
     ap.add_argument("--tokens", default="32,128")
     ap.add_argument("--block-ms", default="", help="comma-separated BLOCK_M values (default: the heuristic's)")
     ap.add_argument("--fp8", action="store_true", help="FP8 experts (W8A16, 128 x 128 scale tiles)")
+    ap.add_argument("--n-major", action="store_true", help="also time each BLOCK_M's default with the column-tile-major "
+                    "launch order (fused_moe(n_major=True))")
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="defaults only, no tile sweep")
     ap.add_argument("--grid", choices=["small", "large"], default=None,
                     help="tile grid (default: small below 1,024 tokens, large from there)")
     args = ap.parse_args()
@@ -84,14 +87,20 @@ def main() -> int:
 
         ref = fused_moe(x, ids, w, w13s[0], w2s[0], **fp8[0])
         for block_m in block_ms:
-            def call(i, tiles=None):
+            def call(i, tiles=None, n_major=None):
                 return fused_moe(x, ids, w, w13s[i % copies], w2s[i % copies], block_m=block_m, tiles=tiles,
-                                 **fp8[i % copies])
+                                 n_major=n_major, **fp8[i % copies])
 
             base = bench(call)
             print(f"T={t} U={u} BLOCK_M={block_m or 'auto'}{' fp8' if args.fp8 else ''}: default {base:.3f} ms "
                   f"({rate(base)})", flush=True)
-            for which in ("gate_up", "down"):
+            if args.n_major:
+                for order in (False, True):
+                    out = call(0, n_major=order)
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    ms = bench(lambda i: call(i, n_major=order))
+                    print(f"  n_major={order}: {ms:.3f} ms ({rate(ms)}), rel err {err:.1e}", flush=True)
+            for which in ("gate_up", "down") if args.sweep else ():
                 rows = []
                 for tile in grid:
                     try:

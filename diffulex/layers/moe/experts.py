@@ -83,6 +83,10 @@ class StackedExperts(nn.Module):
         """
         if self.is_fp8:
             return
+        if self.w13.data_ptr() != self.w13_all.data_ptr() or self.w2.data_ptr() != self.w2_all.data_ptr():
+            raise ValueError("StackedExperts.quantize_weights: the parameters are no longer views of the stacked "
+                             "storage (the module was moved with .to() or its .data replaced); build the module "
+                             "on its device (with torch.device(...)) and copy weights into w13 / w2 in place")
         block = (int(block[0]), int(block[1]))
         stacks = []
         for w in (self.w13_all, self.w2_all):
