@@ -3,10 +3,13 @@
 Run on a CUDA machine from the repo root::
 
     python experiments/benchmark.py --models llada2_mini,llada_8b --out $OUT
+    python experiments/benchmark.py --checkpoint /data/mini --models mini --out $OUT   # an existing folder
     python experiments/benchmark.py --device cpu --tiny            # the CPU smoke run (tests)
 
 For each model shape it writes a real checkpoint (config.json, configuration module,
-tokenizer, safetensors) with random weights into a temp dir, builds the engine once
+tokenizer, safetensors) with random weights into a temp dir (or, with ``--checkpoint``, takes
+the given folder as it is: family and shape from its config.json; ``--models`` then only labels
+the rows), builds the engine once (``--quantization none|fp8``: the engine's weight format)
 (``multi_bd``, block 32, buffer 1, page 32) and, per kernel backend (``torch``, ``triton``:
 the runner's per-layer ``kernels`` attribute is switched, the weights are loaded once),
 per schedule k (exactly k leftmost masks of each block accepted per forward: random weights
@@ -23,11 +26,21 @@ warm-up:
 - ``tok/s`` = batch * TPF / step wall time; ``TPF`` measured (tokens decided per request per forward);
 - ``U``: distinct routed experts per MoE layer per step, averaged over the measured steps (from
   the router outputs of an untimed eager replay of the same requests and steps: same prompts,
-  same fixed schedule, so the same tokens; CUDA graph replays do not run Python hooks);
+  same fixed schedule, so the same tokens; CUDA graph replays do not run Python hooks); printed
+  beside every floor ratio (``-``: a dense model);
 - ``GB/step``: weights read (all but the embedding table; routed experts only the U
-  selected ones per layer) + KV cache read and written;
+  selected ones per layer; every tensor at its own element size: FP8 + scales) + KV cache read
+  and written (``roofline.weight_bytes``, counted on the loaded model);
 - ``floor_ms`` = bytes / HBM bandwidth (measured with a large device copy); ``ratio`` = fwd_ms / floor_ms;
-- ``peak_GiB``: peak allocated GPU memory of the row.
+- ``peak_GiB``: peak allocated GPU memory of the row;
+- the compute table: the forward's useful FLOPs (``roofline.flop_profile``, token / logits-row /
+  attention-pair counts from the eager replay), ``compute floor`` = FLOPs / ``--peak-tflops``,
+  fwd / compute floor, and for MoE models the experts calls' time in the eager replay (CUDA
+  events) with their TFLOP/s (2 x assignments x (2I*H + H*I)) and % of peak.
+
+``--check`` first compares the reference and Triton paths on the engine's weights
+(``gpu_check.compare_backends_on_engine``: on an MoE model with the reference's expert
+selection forced on the Triton path, the free-routing numbers on a second line).
 
 Then it builds the ``vanilla`` engine (eager full recompute, kernels=torch, no cache) on the
 same weights with steps_per_block = 32 / k and prints its forward time and the speed-up.
