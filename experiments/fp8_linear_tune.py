@@ -1,0 +1,94 @@
+"""Sweep the FP8 (W8A16) linear's launch on a GPU at LLaDA-8B / LLaDA2.0-mini dense shapes.
+
+``python experiments/fp8_linear_tune.py [--ms 1,32] [--top 4]``: for each weight shape ``[N, K]``
+and token count ``M``, times ``fp8_linear`` (CUDA graphs of 20 calls, weights rotated over
+enough copies to exceed L2) with the heuristic launch and with each ``(BLOCK_N, BLOCK_K, warps,
+stages, splits)`` of a small grid, beside bf16 ``F.linear`` on the same shape; prints ms and the
+GB/s of the weight bytes (1 per FP8 value + scales; 2 per bf16 value), best first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from diffulex.kernels.triton.fp8_linear import fp8_linear, fp8_tiles
+from diffulex.quantization import quantize_fp8
+
+SHAPES = {  # name: (N, K)
+    "8b qkv": (3 * 4096, 4096), "8b o": (4096, 4096), "8b gate_up": (2 * 12288, 4096), "8b down": (4096, 12288),
+    "mini qkv": (2048 + 2 * 512, 2048), "mini dense gate_up": (2 * 5120, 2048),
+}
+
+
+def graph_ms(fn, copies: int, reps: int = 20, iters: int = 10) -> float:
+    """Median ms per call of ``fn(i)`` replayed from a CUDA graph of ``reps`` calls."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for i in range(3):
+            fn(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for i in range(reps):
+            fn(i % copies)
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / reps)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ms", default="1,32")
+    ap.add_argument("--shapes", default="8b qkv,8b gate_up,8b down,mini qkv")
+    ap.add_argument("--top", type=int, default=4)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    grid = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (3, 4), (None, 1, 4)))
+    for name in args.shapes.split(","):
+        n, k = SHAPES[name]
+        copies = max(2, int(200e6 // (n * k)) + 1)
+        ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
+        qs = [quantize_fp8(w, (128, 128)) for w in ws]
+        fp8_bytes = n * k + qs[0][1].numel() * 4
+        for m in (int(v) for v in args.ms.split(",")):
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            bf16 = graph_ms(lambda i: F.linear(x, ws[i]), copies)
+            ref = F.linear(x, ws[0]).float()
+            base = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128)), copies)
+            print(f"{name} N={n} K={k} M={m}: bf16 F.linear {bf16:.4f} ms ({2 * n * k / bf16 / 1e6:.0f} GB/s); "
+                  f"fp8 heuristic {fp8_tiles(m)} {base:.4f} ms ({fp8_bytes / base / 1e6:.0f} GB/s) = "
+                  f"{base / bf16:.2f}x bf16", flush=True)
+            rows = []
+            for bn, bk, warps, stages, splits in grid:
+                bm = max(16, fp8_tiles(m)[0])
+                try:
+                    out = fp8_linear(x, *qs[0], (128, 128), tiles=(bm, bn, bk), num_warps=warps, num_stages=stages,
+                                     splits=splits)
+                    err = ((out.float() - ref).norm() / ref.norm()).item()
+                    ms = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128), tiles=(bm, bn, bk), num_warps=warps,
+                                                       num_stages=stages, splits=splits), copies)
+                except Exception as exc:  # a launch that does not compile or fit
+                    rows.append((float("inf"), (bn, bk, warps, stages, splits), type(exc).__name__))
+                    continue
+                rows.append((ms, (bn, bk, warps, stages, splits), f"rel err vs bf16 {err:.1e}"))
+            rows.sort(key=lambda r: r[0])
+            for ms, launch, note in rows[:args.top]:
+                print(f"  BN,BK,warps,stages,splits={launch}: {ms:.4f} ms ({fp8_bytes / ms / 1e6:.0f} GB/s) "
+                      f"= {ms / bf16:.2f}x bf16; {note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
