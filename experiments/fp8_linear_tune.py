@@ -30,7 +30,7 @@ def graph_ms(fn, copies: int, reps: int = 20, iters: int = 10) -> float:
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for i in range(3):
-            fn(i)
+            fn(i % copies)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
@@ -50,12 +50,15 @@ def graph_ms(fn, copies: int, reps: int = 20, iters: int = 10) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ms", default="1,32")
+    ap.add_argument("--ms", default="1,32,2048")
     ap.add_argument("--shapes", default="8b qkv,8b gate_up,8b down,mini qkv")
     ap.add_argument("--top", type=int, default=4)
     args = ap.parse_args()
     dev = torch.device("cuda")
-    grid = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (3, 4), (None, 1, 4)))
+    small = [((None, bn, bk), w, st, sp) for bn, bk, w, st, sp in
+             itertools.product((32, 64, 128), (128, 256), (4,), (3, 4), (None, 4))]
+    large = [(t, w, st, 1) for t, w, st in itertools.product(
+        ((64, 128, 64), (128, 128, 64), (128, 256, 64), (64, 256, 64), (128, 128, 128)), (4, 8), (3, 4))]
     for name in args.shapes.split(","):
         n, k = SHAPES[name]
         copies = max(2, int(200e6 // (n * k)) + 1)
@@ -66,26 +69,29 @@ def main() -> int:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             bf16 = graph_ms(lambda i: F.linear(x, ws[i]), copies)
             ref = F.linear(x, ws[0]).float()
-            base = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128)), copies)
-            print(f"{name} N={n} K={k} M={m}: bf16 F.linear {bf16:.4f} ms ({2 * n * k / bf16 / 1e6:.0f} GB/s); "
-                  f"fp8 heuristic {fp8_tiles(m)} {base:.4f} ms ({fp8_bytes / base / 1e6:.0f} GB/s) = "
-                  f"{base / bf16:.2f}x bf16", flush=True)
+            print(f"{name} N={n} K={k} M={m}: bf16 F.linear {bf16:.4f} ms ({2 * n * k / bf16 / 1e6:.0f} GB/s, "
+                  f"{2 * m * n * k / bf16 / 1e9:.0f} TFLOP/s)", flush=True)
+            for mode in ("weights", "products"):
+                base = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128), scale_mode=mode), copies)
+                print(f"  fp8 heuristic {fp8_tiles(m)} scale_mode={mode}: {base:.4f} ms "
+                      f"({fp8_bytes / base / 1e6:.0f} GB/s, {2 * m * n * k / base / 1e9:.0f} TFLOP/s) = "
+                      f"{base / bf16:.2f}x bf16", flush=True)
             rows = []
-            for bn, bk, warps, stages, splits in grid:
-                bm = max(16, fp8_tiles(m)[0])
+            for tiles, warps, stages, splits in (small if m <= 64 else large):
+                tiles = (max(16, fp8_tiles(m)[0]), *tiles[1:]) if tiles[0] is None else tiles
                 try:
-                    out = fp8_linear(x, *qs[0], (128, 128), tiles=(bm, bn, bk), num_warps=warps, num_stages=stages,
+                    out = fp8_linear(x, *qs[0], (128, 128), tiles=tiles, num_warps=warps, num_stages=stages,
                                      splits=splits)
                     err = ((out.float() - ref).norm() / ref.norm()).item()
-                    ms = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128), tiles=(bm, bn, bk), num_warps=warps,
+                    ms = graph_ms(lambda i: fp8_linear(x, *qs[i], (128, 128), tiles=tiles, num_warps=warps,
                                                        num_stages=stages, splits=splits), copies)
                 except Exception as exc:  # a launch that does not compile or fit
-                    rows.append((float("inf"), (bn, bk, warps, stages, splits), type(exc).__name__))
+                    rows.append((float("inf"), (tiles, warps, stages, splits), type(exc).__name__))
                     continue
-                rows.append((ms, (bn, bk, warps, stages, splits), f"rel err vs bf16 {err:.1e}"))
+                rows.append((ms, (tiles, warps, stages, splits), f"rel err vs bf16 {err:.1e}"))
             rows.sort(key=lambda r: r[0])
             for ms, launch, note in rows[:args.top]:
-                print(f"  BN,BK,warps,stages,splits={launch}: {ms:.4f} ms ({fp8_bytes / ms / 1e6:.0f} GB/s) "
+                print(f"  (BM,BN,BK),warps,stages,splits={launch}: {ms:.4f} ms ({fp8_bytes / ms / 1e6:.0f} GB/s) "
                       f"= {ms / bf16:.2f}x bf16; {note}", flush=True)
     return 0
 

@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--fp8", action="store_true", help="FP8 experts (W8A16, 128 x 128 scale tiles)")
     ap.add_argument("--n-major", action="store_true", help="also time each BLOCK_M's default with the column-tile-major "
                     "launch order (fused_moe(n_major=True))")
+    ap.add_argument("--fp8-scales", default="weights", help="with --fp8: comma-separated fused_moe fp8_scale modes "
+                    "(weights, products), each timed")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="defaults only, no tile sweep")
     ap.add_argument("--grid", choices=["small", "large"], default=None,
                     help="tile grid (default: small below 1,024 tokens, large from there)")
@@ -94,6 +96,13 @@ def main() -> int:
             base = bench(call)
             print(f"T={t} U={u} BLOCK_M={block_m or 'auto'}{' fp8' if args.fp8 else ''}: default {base:.3f} ms "
                   f"({rate(base)})", flush=True)
+            if args.fp8 and "," in args.fp8_scales:
+                for mode in args.fp8_scales.split(","):
+                    out = fused_moe(x, ids, w, w13s[0], w2s[0], block_m=block_m, fp8_scale=mode, **fp8[0])
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    ms = bench(lambda i: fused_moe(x, ids, w, w13s[i % copies], w2s[i % copies], block_m=block_m,
+                                                   fp8_scale=mode, **fp8[i % copies]))
+                    print(f"  fp8_scale={mode}: {ms:.3f} ms ({rate(ms)}), rel err {err:.1e}", flush=True)
             if args.n_major:
                 for order in (False, True):
                     out = call(0, n_major=order)

@@ -40,8 +40,9 @@ def test_fp8_linear_matches_reference_fp32(m, n, k, block, splits, bias):
     q, s = quantize_fp8(torch.randn(n, k, generator=gen) * 2, block)
     x = torch.randn(m, k, generator=gen)
     b = torch.randn(n, generator=gen) if bias else None
-    got = fp8_linear(x, q, s, block, b, splits=splits)
-    torch.testing.assert_close(got, ref_fp8_linear(x, q, s, block, b), atol=1e-4, rtol=1e-4)
+    for mode in ("weights", "products"):  # weight tiles scaled before the product, or the partial products
+        got = fp8_linear(x, q, s, block, b, splits=splits, scale_mode=mode)
+        torch.testing.assert_close(got, ref_fp8_linear(x, q, s, block, b), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("m,n,k,block,splits", [CASES[0], CASES[3], CASES[4]])

@@ -204,6 +204,8 @@ def test_fp8_fused_moe_equals_reference_on_the_dequantized_weights(t, h, i, e, k
     fp8 = dict(w13_scale=s13, w2_scale=s2, block=block)
     torch.testing.assert_close(ref.fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, fp8_scale="products", **fp8), expected,
+                               atol=1e-5, rtol=1e-4)
     full = ref.fused_moe(x, ids, weights, w13, w2)
     assert 0 < (expected - full).abs().max() < 0.1 * full.abs().max()  # FP8 rounds, but only a little
     # The module: quantize_weights() after loading, then the loop and the fused path read the FP8 stacks.

@@ -38,7 +38,8 @@ _DOT_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.flo
 @triton.jit
 def _fp8_linear_kernel(
     x_ptr, q_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_qn, stride_sn, stride_ym, bn, bk, k_per_split,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SCALE_PER_STEP: tl.constexpr, ACT_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SCALE_PER_STEP: tl.constexpr, SCALE_WEIGHTS: tl.constexpr,
+    ACT_DTYPE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
@@ -60,7 +61,11 @@ def _fp8_linear_kernel(
         k_ok = k < k_hi
         x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
         w = tl.load(q_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN] fp8
-        if SCALE_PER_STEP:
+        if SCALE_PER_STEP and SCALE_WEIGHTS:  # the tile dequantized to the activation dtype: the MMA accumulates
+            scale = tl.load(s_row + k0 // bk, mask=n_ok, other=0.0)  # [BN]
+            w = (w.to(tl.float32) * scale[None, :]).to(ACT_DTYPE).to(DOT_DTYPE)
+            acc += tl.dot(x.to(DOT_DTYPE), w, input_precision=PRECISION)
+        elif SCALE_PER_STEP:
             scale = tl.load(s_row + k0 // bk, mask=n_ok, other=0.0)  # [BN]
             part = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), input_precision=PRECISION)
             acc += part * scale[None, :]
@@ -119,11 +124,15 @@ def fp8_splits(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int,
 def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int],
                bias: torch.Tensor | None = None, *, splits: int | None = None,
                tiles: tuple[int, int, int] | None = None, num_warps: int | None = None,
-               num_stages: int | None = None) -> torch.Tensor:
+               num_stages: int | None = None, scale_mode: str = "weights") -> torch.Tensor:
     """``x [..., K]`` (bf16 / fp16 / fp32), ``q`` float8_e4m3fn ``[N, K]``, ``scale`` float32
     ``[ceil(N / bn), ceil(K / bk)]`` -> ``x @ (q * scale)^T (+ bias)`` ``[..., N]`` in ``x.dtype``.
     ``splits``, ``tiles`` ``(BLOCK_M, BLOCK_N, BLOCK_K)``, ``num_warps`` and ``num_stages`` override
-    the launch heuristics (tuning)."""
+    the launch heuristics (tuning). ``scale_mode``: ``"weights"`` multiplies each weight tile by its
+    scales before the product (the MMA accumulates across K steps), ``"products"`` scales each K
+    step's partial product (the accumulation leaves the MMA every step; kept for A/B tuning)."""
+    if scale_mode not in ("weights", "products"):
+        raise ValueError(f"fp8_linear: scale_mode {scale_mode!r}, expected 'weights' or 'products'")
     n, k = q.shape
     bn, bk = int(block[0]), int(block[1])
     if q.dtype != torch.float8_e4m3fn or x.shape[-1] != k or x.dtype not in _DOT_DTYPES:
@@ -165,7 +174,8 @@ def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tup
     out = torch.empty((splits, m, n), dtype=torch.float32, device=x.device) if splits > 1 else y
     _fp8_linear_kernel[grid](
         x2, q, scale, b, out, m, n, k, x2.stride(0), q.stride(0), scale.stride(0), y.stride(0), bn, bk, k_per_split,
-        HAS_BIAS=has_bias, SPLIT=splits > 1, SCALE_PER_STEP=per_step, ACT_DTYPE=_DOT_DTYPES[x.dtype], DOT_DTYPE=dot_dtype, PRECISION=precision,
+        HAS_BIAS=has_bias, SPLIT=splits > 1, SCALE_PER_STEP=per_step,
+        SCALE_WEIGHTS=scale_mode == "weights", ACT_DTYPE=_DOT_DTYPES[x.dtype], DOT_DTYPE=dot_dtype, PRECISION=precision,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps or warps,
         num_stages=num_stages or stages, **launch)
     if splits > 1:

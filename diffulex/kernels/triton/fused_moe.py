@@ -41,7 +41,8 @@ def _gate_up_kernel(
     stride_xt, stride_we, stride_wn, num_local, H, I,
     s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, FP8: tl.constexpr, N_MAJOR: tl.constexpr, PDL: tl.constexpr,
+    FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, FP8: tl.constexpr, SCALE_WEIGHTS: tl.constexpr,
+    N_MAJOR: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(1 if N_MAJOR else 0)
@@ -64,6 +65,13 @@ def _gate_up_kernel(
         w_mask = n_ok[:, None] & k_ok[None, :]
         wg = tl.load(w_base + n[:, None] * stride_wn + (k0 + kk)[None, :], mask=w_mask, other=0.0)  # [BN, BK]
         wu = tl.load(w_base + (n + I)[:, None] * stride_wn + (k0 + kk)[None, :], mask=w_mask, other=0.0)
+        if FP8:  # one scale per (row tile, k tile): constant over this K tile (BLOCK_K divides SCALE_K)
+            s_base = s_ptr + e.to(tl.int64) * stride_se + k0 // SCALE_K
+            sg = tl.load(s_base + (n // SCALE_N) * stride_sn, mask=n_ok, other=0.0)  # [BN]
+            su = tl.load(s_base + ((n + I) // SCALE_N) * stride_sn, mask=n_ok, other=0.0)
+            if SCALE_WEIGHTS:  # dequantized to the activation dtype (the reference's values)
+                wg = (wg.to(tl.float32) * sg[:, None]).to(x_ptr.dtype.element_ty)
+                wu = (wu.to(tl.float32) * su[:, None]).to(x_ptr.dtype.element_ty)
         if FP32_DOT:
             x = x.to(tl.float32)
             pg = tl.dot(x, tl.trans(wg.to(tl.float32)), input_precision="ieee")
@@ -71,10 +79,9 @@ def _gate_up_kernel(
         else:
             pg = tl.dot(x, tl.trans(wg.to(x.dtype)))  # FP8 weights: e4m3 -> bf16 is exact
             pu = tl.dot(x, tl.trans(wu.to(x.dtype)))
-        if FP8:  # one scale per (row tile, k tile): constant over this K tile (BLOCK_K divides SCALE_K)
-            s_base = s_ptr + e.to(tl.int64) * stride_se + k0 // SCALE_K
-            pg = pg * tl.load(s_base + (n // SCALE_N) * stride_sn, mask=n_ok, other=0.0)[None, :]
-            pu = pu * tl.load(s_base + ((n + I) // SCALE_N) * stride_sn, mask=n_ok, other=0.0)[None, :]
+        if FP8 and not SCALE_WEIGHTS:  # the partial product scaled (the accumulation leaves the MMA)
+            pg = pg * sg[None, :]
+            pu = pu * su[None, :]
         acc_g += pg
         acc_u += pu
     if GELU_TANH:  # 0.5 g (1 + tanh(a)) = g * sigmoid(2a), a = sqrt(2/pi) (g + 0.044715 g^3)
@@ -91,7 +98,7 @@ def _down_kernel(
     stride_we, stride_wn, num_local, H, I,
     s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
-    FP8: tl.constexpr, N_MAJOR: tl.constexpr, PDL: tl.constexpr,
+    FP8: tl.constexpr, SCALE_WEIGHTS: tl.constexpr, N_MAJOR: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(1 if N_MAJOR else 0)
@@ -112,13 +119,17 @@ def _down_kernel(
                     mask=r_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
         w = tl.load(w_base + n[:, None] * stride_wn + (k0 + kk)[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0.0)  # [BN, BK]
+        if FP8:
+            sw = tl.load(s_ptr + e.to(tl.int64) * stride_se + (n // SCALE_N) * stride_sn + k0 // SCALE_K,
+                         mask=n_ok, other=0.0)  # [BN]
+            if SCALE_WEIGHTS:
+                w = (w.to(tl.float32) * sw[:, None]).to(inter_ptr.dtype.element_ty)
         if FP32_DOT:
             p = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             p = tl.dot(h, tl.trans(w.to(h.dtype)))
-        if FP8:
-            p = p * tl.load(s_ptr + e.to(tl.int64) * stride_se + (n // SCALE_N) * stride_sn + k0 // SCALE_K,
-                            mask=n_ok, other=0.0)[None, :]
+        if FP8 and not SCALE_WEIGHTS:
+            p = p * sw[None, :]
         acc += p
     acc = acc * tl.load(weights_ptr + assign, mask=r_ok, other=0.0)[:, None]
     tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
@@ -232,6 +243,7 @@ def fused_moe(
     w2_scale: torch.Tensor | None = None,
     block: tuple[int, int] | None = None,
     n_major: bool | None = None,
+    fp8_scale: str = "weights",
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
 
@@ -261,6 +273,9 @@ def fused_moe(
     fp32_dot = is_interpreting() or x.dtype == torch.float32
     n_blocks = blk_expert.shape[0]
     fp8 = _fp8_args(w13, w2, w13_scale, w2_scale, block, hidden, inter_size)
+    if fp8_scale not in ("weights", "products"):
+        raise ValueError(f"fused_moe: fp8_scale {fp8_scale!r}, expected 'weights' or 'products'")
+    scale_weights = fp8_scale == "weights"
 
     inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
     tiles = tiles or {}
@@ -272,7 +287,8 @@ def fused_moe(
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
         x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size, *fp8["gate_up"],
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, GELU_TANH=activation == "gelu_tanh",
-        FP8=fp8["on"], N_MAJOR=n_major, num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
+        FP8=fp8["on"], SCALE_WEIGHTS=scale_weights, N_MAJOR=n_major, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(x.device),
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
@@ -281,7 +297,7 @@ def fused_moe(
     _down_kernel[grid(triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size, *fp8["down"],
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, FP8=fp8["on"], N_MAJOR=n_major,
-        num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
+        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, FP8=fp8["on"], SCALE_WEIGHTS=scale_weights,
+        N_MAJOR=n_major, num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
     )
     return sum_assignments(per_assign)  # [T, H]
