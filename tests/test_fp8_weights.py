@@ -298,5 +298,20 @@ def test_fp8_generation_is_deterministic_and_logits_are_close(trained):
     runs = []
     for _ in range(2):
         with Diffulex(trained, quantization="fp8") as llm:
-            runs.append([(t.text, t.nfe) for t in llm.generate(["Solve: 12 + 30.", "Solve: 305 + 48."], sp).trajectories])
+            outs = llm.generate(["Solve: 12 + 30.", "Solve: 305 + 48."], sp)
+            runs.append([(t.text, t.nfe) for t in outs.trajectories])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("family", ["sdar_moe", "diffusion_gemma"])
+def test_convert_builds_other_families_on_meta_and_loads_like_quantize_at_load(family, tiny_path, tmp_path):
+    """MoE routers (DiffusionGemma's is a linear layer) stay full precision; both paths give the same weights."""
+    src = tiny_path(family)
+    qc = convert(src, tmp_path / "fp8", [16, 16])
+    assert any(n.endswith(("mlp.gate", "router.proj")) for n in qc["modules_to_not_convert"])
+    a = fp8_modules(runner(str(tmp_path / "fp8")).model)
+    b = fp8_modules(runner(src, quantization={"weights": "fp8", "weight_block_size": [16, 16]}).model)
+    assert a.keys() == b.keys() and a
+    assert not any(n.endswith(("shared_expert_gate", "router.proj")) for n in a)
+    for name in a:
+        assert torch.equal(a[name].weight.view(torch.uint8), b[name].weight.view(torch.uint8)), name

@@ -115,7 +115,8 @@ class DiffusionGemmaForDiffusion(DiffusionLM):
         self.lm_head = ParallelLMHead(cfg_get(text, "vocab_size"), cfg_get(text, "hidden_size"), tp, dtype)
         self.lm_head.weight = self.model.embed_tokens.weight
         # bf16 rounds sqrt(hidden) (e.g. 55.43 -> 55.5) exactly as the reference buffer does.
-        self.embed_scale = float(torch.tensor(cfg_get(text, "hidden_size") ** 0.5, dtype=dtype))
+        # A host number (device="cpu": the model also builds on the meta device, e.g. for convert).
+        self.embed_scale = float(torch.tensor(cfg_get(text, "hidden_size") ** 0.5, dtype=dtype, device="cpu"))
         rope, layer_types = cfg_get(text, "rope_parameters"), cfg_get(text, "layer_types")
         for kind in set(layer_types):
             head_dim = layer_attn_shape(text, layer_types.index(kind))[1]

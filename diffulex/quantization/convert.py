@@ -169,7 +169,8 @@ def convert(src: str | Path, dst: str | Path, block: Iterable[int] = (128, 128),
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffulex.quantization.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m diffulex.quantization.convert",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="checkpoint directory to read (bf16 / fp32 / FP8)")
     parser.add_argument("--dst", required=True, help="new (or empty) directory to write the FP8 checkpoint to")
     parser.add_argument("--block", type=int, nargs=2, default=[128, 128], metavar=("BN", "BK"),
