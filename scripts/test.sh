@@ -11,4 +11,6 @@ python3 -m venv .venv
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 # One BLAS thread per process: multi-rank tests start several processes on few cores.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# Two worker processes (the CI machine has 2 cores), one test file per worker at a time (module
+# fixtures such as built engines are made once); DIFFULEX_TEST_WORKERS=0 runs in this process.
+exec .venv/bin/python -m pytest -q --durations=15 -n "${DIFFULEX_TEST_WORKERS:-2}" --dist loadfile "$@"
