@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autouse fixture)
 
@@ -67,11 +68,32 @@ def test_e4m3_special_values_load_exactly():
     assert torch.equal(got[0], q[:, 0].float())
 
 
+def test_large_m_widens_the_weight_then_multiplies():
+    """Above DEQUANT_ABOVE_M tokens (bf16): the dequantize kernel's weight is the reference's, and the
+    product is F.linear on it. (The interpreter rounds fp32 -> bf16 toward zero, the GPU to nearest:
+    one bf16 ulp apart at most here.)"""
+    from diffulex.kernels.triton.fp8_linear import DEQUANT_ABOVE_M, dequantize
+    from diffulex.quantization import dequantize_fp8
+
+    gen = torch.Generator().manual_seed(3)
+    for block in ((16, 32), (1, 200), (128, 128)):
+        q, s = quantize_fp8(torch.randn(40, 200, generator=gen), block)
+        torch.testing.assert_close(dequantize(q, s, block, torch.bfloat16), dequantize_fp8(q, s, block, torch.bfloat16),
+                                   atol=0, rtol=2 ** -7)
+    x = torch.randn(DEQUANT_ABOVE_M + 5, 200, generator=gen).bfloat16()
+    b = torch.randn(40, generator=gen).bfloat16()
+    expected = F.linear(x, dequantize_fp8(q, s, (128, 128), torch.bfloat16), b)
+    got = fp8_linear(x, q, s, (128, 128), b).float()
+    assert (got - expected.float()).norm() / expected.float().norm() < 1e-2
+    assert not torch.equal(fp8_linear(x, q, s, (128, 128), b, dequant_above=10 ** 9), fp8_linear(x, q, s, (128, 128), b))
+
+
 def test_launch_heuristics():
     assert fp8_tiles(1)[0] == 16 and fp8_tiles(33)[0] == 64 and fp8_tiles(2048)[:2] == (128, 128)
     # LLaDA-8B o_proj at batch 1: 64 N tiles -> split K to cover 132 SMs; large batches never split
-    assert fp8_splits(1, 4096, 4096, 16, 64, 128, 132) == 4
-    assert fp8_splits(1, 24576, 4096, 16, 64, 128, 132) == 1
+    assert fp8_splits(1, 4096, 4096, 16, 64, 128, 132) == 8  # 64 tiles: 8 slices, the most
+    assert fp8_splits(1, 12288, 4096, 16, 64, 128, 132) == 4  # 192 tiles: 4 slices reach 4 programs per SM
+    assert fp8_splits(1, 24576, 4096, 16, 64, 128, 132) == 2
     assert fp8_splits(2048, 4096, 4096, 128, 128, 64, 132) == 1
 
 

@@ -25,12 +25,21 @@ Hopper); under ``TRITON_INTERPRET=1`` the products run in float32 (the interpret
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from diffulex.kernels.triton._runtime import is_interpreting, next_pow2, pdl_enter, pdl_kwargs, sm_count
 
 MAX_SPLITS = 8
+# Programs per SM the K split aims for at small M: on an H200 (fp8_linear_tune.py, LLaDA-8B q|k|v,
+# M = 1 / 32) 4 K slices over 192 N tiles beat 1 by 25 % / 16 %: more weight bytes in flight.
+PROGRAMS_PER_SM = 4
+# Above this many tokens the product is compute-bound: the weight is widened to the activation
+# dtype by one elementwise kernel and multiplied by cuBLAS (H200, LLaDA-8B shapes at M = 128..2,048:
+# the W8A16 Triton GEMM ran at 0.2-0.3x the speed of bf16 cuBLAS; the widening costs ~3 bytes per
+# weight of extra traffic).
+DEQUANT_ABOVE_M = 64
 
 _DOT_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
@@ -99,11 +108,35 @@ def _split_sum_kernel(p_ptr, b_ptr, y_ptr, M, N, stride_ym, S: tl.constexpr, HAS
     tl.store(y_ptr + (i // N).to(tl.int64) * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _dequant_kernel(q_ptr, s_ptr, w_ptr, N, K, stride_qn, stride_sn, bn, bk, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # [BK]
+    ok = (n < N)[:, None] & (k < K)[None, :]
+    q = tl.load(q_ptr + n.to(tl.int64)[:, None] * stride_qn + k[None, :], mask=ok, other=0.0)  # [BN, BK] fp8
+    s = tl.load(s_ptr + (n // bn).to(tl.int64)[:, None] * stride_sn + (k // bk)[None, :], mask=ok, other=0.0)
+    tl.store(w_ptr + n.to(tl.int64)[:, None] * K + k[None, :], (q.to(tl.float32) * s).to(w_ptr.dtype.element_ty),
+             mask=ok)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """``q [N, K]`` FP8 with ``scale`` in tiles ``block`` -> ``[N, K]`` in ``dtype`` (each value ``q * s``
+    rounded once: :func:`diffulex.quantization.fp8.dequantize_fp8`'s values)."""
+    n, k = q.shape
+    w = torch.empty((n, k), dtype=dtype, device=q.device)
+    grid = (triton.cdiv(n, 32), triton.cdiv(k, 128))
+    _dequant_kernel[grid](q, scale, w, n, k, q.stride(0), scale.stride(0), int(block[0]), int(block[1]),
+                          BLOCK_N=32, BLOCK_K=128, num_warps=4, **pdl_kwargs(q.device))
+    return w
+
+
 def fp8_tiles(m: int) -> tuple[int, int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` by token count ``m`` (untuned starting points:
     small ``m`` reads the weight once with narrow N tiles; large ``m`` takes big compute tiles)."""
-    if m <= 64:
-        return max(16, next_pow2(m)), 64, 128, 4, 4
+    if m <= 64:  # H200 fp8_linear_tune.py (8B q|k|v, M = 1 / 32): 3 stages with 4 K slices was best
+        return max(16, next_pow2(m)), 64, 128, 4, 3
     if m <= 256:
         return 64, 128, 64, 4, 4
     return 128, 128, 64, 8, 3
@@ -111,12 +144,12 @@ def fp8_tiles(m: int) -> tuple[int, int, int, int, int]:
 
 def fp8_splits(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int, sms: int) -> int:
     """K slices (a power of two <= ``MAX_SPLITS``, each >= 2 ``BLOCK_K`` long) until the grid has at least
-    one program per SM; 1 for compute-bound ``m`` (> 64)."""
+    ``PROGRAMS_PER_SM`` programs per SM; 1 for compute-bound ``m`` (> 64)."""
     if m > 64:
         return 1
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     splits = 1
-    while tiles * splits < sms and splits < MAX_SPLITS and k >= 4 * splits * block_k:
+    while tiles * splits < PROGRAMS_PER_SM * sms and splits < MAX_SPLITS and k >= 4 * splits * block_k:
         splits *= 2
     return splits
 
@@ -124,13 +157,16 @@ def fp8_splits(m: int, n: int, k: int, block_m: int, block_n: int, block_k: int,
 def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int],
                bias: torch.Tensor | None = None, *, splits: int | None = None,
                tiles: tuple[int, int, int] | None = None, num_warps: int | None = None,
-               num_stages: int | None = None, scale_mode: str = "weights") -> torch.Tensor:
+               num_stages: int | None = None, scale_mode: str = "weights",
+               dequant_above: int = DEQUANT_ABOVE_M) -> torch.Tensor:
     """``x [..., K]`` (bf16 / fp16 / fp32), ``q`` float8_e4m3fn ``[N, K]``, ``scale`` float32
     ``[ceil(N / bn), ceil(K / bk)]`` -> ``x @ (q * scale)^T (+ bias)`` ``[..., N]`` in ``x.dtype``.
     ``splits``, ``tiles`` ``(BLOCK_M, BLOCK_N, BLOCK_K)``, ``num_warps`` and ``num_stages`` override
     the launch heuristics (tuning). ``scale_mode``: ``"weights"`` multiplies each weight tile by its
     scales before the product (the MMA accumulates across K steps), ``"products"`` scales each K
-    step's partial product (the accumulation leaves the MMA every step; kept for A/B tuning)."""
+    step's partial product (the accumulation leaves the MMA every step; kept for A/B tuning).
+    More than ``dequant_above`` tokens (bf16 / fp16 activations, no ``tiles`` override): the weight is
+    widened by :func:`dequantize` and multiplied by ``F.linear``."""
     if scale_mode not in ("weights", "products"):
         raise ValueError(f"fp8_linear: scale_mode {scale_mode!r}, expected 'weights' or 'products'")
     n, k = q.shape
@@ -154,6 +190,9 @@ def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tup
     if k == 0:
         y.zero_()
         return (y if bias is None else y + bias.to(y.dtype)).reshape(*lead, n)
+    if m > dequant_above and tiles is None and x.dtype != torch.float32:
+        w = dequantize(q, scale, (bn, bk), x.dtype)  # [N, K]: compute-bound, cuBLAS on the widened weight
+        return F.linear(x2, w, None if bias is None else bias.to(x.dtype)).reshape(*lead, n)
     block_m, block_n, block_k, warps, stages = fp8_tiles(m)
     if tiles is not None:
         block_m, block_n, block_k = tiles
@@ -185,4 +224,4 @@ def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tup
     return y.reshape(*lead, n)
 
 
-__all__ = ["fp8_linear", "fp8_splits", "fp8_tiles"]
+__all__ = ["dequantize", "fp8_linear", "fp8_splits", "fp8_tiles"]
