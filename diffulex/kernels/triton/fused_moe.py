@@ -280,8 +280,6 @@ def fused_moe(
     inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
     tiles = tiles or {}
     bn, bk, warps, stages = tiles.get("gate_up") or _gate_up_tile(block_m, inter_size, hidden)
-    if fp8["on"] and block_m <= 32 and "gate_up" not in tiles:
-        bn = min(2 * bn, max(16, next_pow2(inter_size)))  # FP8 tiles as many bytes wide as the bf16 ones
     bk = _k_tile(bk, fp8["gate_up"], hidden)
     n_major = _n_major(block_m) if n_major is None else bool(n_major)
     grid = lambda tiles_n: (tiles_n, n_blocks) if n_major else (n_blocks, tiles_n)  # noqa: E731
@@ -295,8 +293,6 @@ def fused_moe(
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
     bn, bk, warps, stages = tiles.get("down") or _down_tile(block_m, inter_size, hidden)
-    if fp8["on"] and block_m <= 32 and "down" not in tiles:
-        bk = min(2 * bk, max(16, next_pow2(inter_size)))
     bk = _k_tile(bk, fp8["down"], inter_size)
     _down_kernel[grid(triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
