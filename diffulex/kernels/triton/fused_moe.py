@@ -157,7 +157,9 @@ def _down_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int, in
 
 
 def _n_major(block_m: int) -> bool:
-    """Column-tile-major launch order: off until measured (``moe_tune.py --n-major``)."""
+    """Column-tile-major launch order: off. ``moe_tune.py --n-major`` on an H200 at mini shapes (whole
+    call, default tiles): 0.705 -> 0.648 ms at 2,048 tokens, 0.895 -> 0.951 ms at 4,096; no rule from
+    two points that beats the row-major default everywhere."""
     return False
 
 
