@@ -9,6 +9,9 @@ Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--r
    which must resolve to Triton on CUDA) generates greedily on a few prompts; the
    same engine, switched to the reference ops (the runner's per-layer ``kernels``
    attribute), generates again. Outputs must agree token for token.
+   ``--fp8``: the ``multi_bd`` family cases again with ``quantization="fp8"`` (FP8 weights, 128 x 128
+   tiles; fp32 activations): the Triton FP8 linear and experts against the reference ops on the
+   same FP8 values, token for token.
 2. ``--real``: real-shape LLaDA2.0-mini (128-token prompts) and LLaDA-8B (1,536-token prompts)
    checkpoints with random bf16 weights (written by
    ``experiments/benchmark.py``'s writer): every forward of a few engine steps runs with
@@ -59,7 +62,7 @@ def _switch(engine, backend: str) -> None:
     engine.config.runtime.kernels = KernelBackend(backend)  # the runner replays CUDA graphs only on triton
 
 
-def check_tiny(root: Path, report: list[dict]) -> bool:
+def check_tiny(root: Path, report: list[dict], fp8: bool = False) -> bool:
     from diffulex import Diffulex
     from diffulex.sampling_params import SamplingParams
     from diffulex.tiny import ensure_tiny_checkpoint
@@ -69,6 +72,7 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
     sp = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True, seed=0)
     cases = [(fam, dict(decoding_strategy="multi_bd"), PROMPTS) for fam in TINY_FAMILIES] + \
         [(fam, kw, PROMPTS) for fam, kw in TINY_STRATEGIES] + \
+        [(fam, dict(decoding_strategy="multi_bd", quantization="fp8"), PROMPTS) for fam in TINY_FAMILIES if fp8] + \
         [(fam, dict(decoding_strategy="multi_bd"), LONG_PROMPTS) for fam in ("llada", "llada2")] + \
         [("llada2", dict(decoding_strategy="multi_bd"), PROMPTS[1:2])]  # batch 1: shared expert in the fused MoE
     for fam, kw, prompts in cases:
@@ -87,8 +91,8 @@ def check_tiny(root: Path, report: list[dict]) -> bool:
             same = outs["triton"] == outs["torch"]
             # The Triton path must really have run from CUDA graphs (a failed capture runs eagerly).
             ok = same and resolved == "triton" and graphs is not None and graphs[1] > 0
-            row = dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"],
-                       prompt_lens=[len(p) for p in prompts], resolved=resolved,
+            row = dict(check="tiny_fp8" if "quantization" in kw else "tiny_fp32", family=fam,
+                       strategy=kw["decoding_strategy"], prompt_lens=[len(p) for p in prompts], resolved=resolved,
                        token_for_token=same, graphs=graphs, tokens=sum(len(x) for x in outs["torch"]), ok=ok)
         except Exception as exc:  # report and go on with the other cases
             ok, row = False, dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], ok=False,
@@ -295,6 +299,7 @@ def check_real(workdir: Path, report: list[dict]) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", action="store_true", help="also the real-shape bf16 logits checks (writes ~32 GB)")
+    ap.add_argument("--fp8", action="store_true", help="also the tiny families with FP8 weights (quantization=fp8)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -302,7 +307,7 @@ def main(argv=None) -> int:
         return 2
     report: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    ok = check_tiny(tmp / "tiny", report)
+    ok = check_tiny(tmp / "tiny", report, fp8=args.fp8)
     if args.real:
         ok &= check_real(tmp, report)
     if args.out:
