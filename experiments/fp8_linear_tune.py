@@ -3,7 +3,8 @@
 ``python experiments/fp8_linear_tune.py [--ms 1,32] [--top 4]``: for each weight shape ``[N, K]``
 and token count ``M``, times ``fp8_linear`` (CUDA graphs of 20 calls, weights rotated over
 enough copies to exceed L2) with the heuristic launch and with each ``(BLOCK_N, BLOCK_K, warps,
-stages, splits)`` of a small grid, beside bf16 ``F.linear`` on the same shape; prints ms and the
+stages, splits)`` of a small grid, beside bf16 ``F.linear`` on the same shape (``kernel_check.bench_graph``);
+prints ms and the
 GB/s of the weight bytes (1 per FP8 value + scales; 2 per bf16 value), best first.
 """
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from diffulex.kernels.triton.fp8_linear import fp8_linear, fp8_tiles
+from kernel_check import bench_graph
 from diffulex.quantization import quantize_fp8
 
 SHAPES = {  # name: (N, K)
@@ -25,27 +27,10 @@ SHAPES = {  # name: (N, K)
 }
 
 
-def graph_ms(fn, copies: int, reps: int = 20, iters: int = 10) -> float:
-    """Median ms per call of ``fn(i)`` replayed from a CUDA graph of ``reps`` calls."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for i in range(3):
-            fn(i % copies)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for i in range(reps):
-            fn(i % copies)
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / reps)
-    times.sort()
-    return times[len(times) // 2]
+def graph_ms(fn, copies: int) -> float:
+    """GPU ms of one ``fn(i)``, the captured calls cycling through the ``copies`` weight copies."""
+    calls = itertools.count()
+    return bench_graph(lambda: fn(next(calls) % copies))
 
 
 def main() -> int:

@@ -156,11 +156,10 @@ def _down_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int, in
     return min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size))), 8, 3
 
 
-def _n_major(block_m: int) -> bool:
-    """Column-tile-major launch order: off. ``moe_tune.py --n-major`` on an H200 at mini shapes (whole
-    call, default tiles): 0.705 -> 0.648 ms at 2,048 tokens, 0.895 -> 0.951 ms at 4,096; no rule from
-    two points that beats the row-major default everywhere."""
-    return False
+# Column-tile-major launch order (``n_major``) by default: off. ``moe_tune.py --n-major`` on an H200
+# at mini shapes (whole call, default tiles): 0.705 -> 0.648 ms at 2,048 tokens, 0.895 -> 0.951 ms
+# at 4,096; two points give no rule that beats the row-major order everywhere.
+N_MAJOR_DEFAULT = False
 
 
 @triton.jit
@@ -195,9 +194,8 @@ def _fp8_args(w13, w2, w13_scale, w2_scale, block, hidden: int, inter_size: int)
             raise ValueError(f"fused_moe: {name}_scale {tuple(s.shape)} does not tile {name} {tuple(w.shape)} "
                              f"in blocks {tuple(block)} (expected {scale_shape(tuple(w.shape), block)}, "
                              "contiguous last dim)")
-    # A scale tile wider than the reduction covers it whole (one scale column).
-    return {"on": True, "gate_up": (w13_scale, w13_scale.stride(0), w13_scale.stride(1), bn, min(bk, 1 << 30)),
-            "down": (w2_scale, w2_scale.stride(0), w2_scale.stride(1), bn, min(bk, 1 << 30))}
+    return {"on": True, "gate_up": (w13_scale, w13_scale.stride(0), w13_scale.stride(1), bn, bk),
+            "down": (w2_scale, w2_scale.stride(0), w2_scale.stride(1), bn, bk)}
 
 
 def _k_tile(block_k: int, scale_args: tuple, reduce: int) -> int:
@@ -283,7 +281,7 @@ def fused_moe(
     tiles = tiles or {}
     bn, bk, warps, stages = tiles.get("gate_up") or _gate_up_tile(block_m, inter_size, hidden)
     bk = _k_tile(bk, fp8["gate_up"], hidden)
-    n_major = _n_major(block_m) if n_major is None else bool(n_major)
+    n_major = N_MAJOR_DEFAULT if n_major is None else bool(n_major)
     grid = lambda tiles_n: (tiles_n, n_blocks) if n_major else (n_blocks, tiles_n)  # noqa: E731
     _gate_up_kernel[grid(triton.cdiv(inter_size, bn))](
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
