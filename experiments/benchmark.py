@@ -66,8 +66,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from diffulex.engine.batch import host_to_device, rows_on  # noqa: E402
-from diffulex.sampling.base import Decision, Sampler, fills_per_request  # noqa: E402
+from diffulex.engine.batch import rows_on  # noqa: E402
+from diffulex.sampling.base import Sampler, StagedFills  # noqa: E402
 from diffulex.sampling.select import select_tokens  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -212,34 +212,37 @@ def write_checkpoint(name: str, out_dir: Path, device: torch.device, dtype: torc
 
 # -- the fixed schedule -------------------------------------------------------------------------
 class FixedKSampler(Sampler):
-    """Greedy tokens; accepts exactly the ``k`` leftmost masks of every in-flight block per forward."""
+    """Greedy tokens; accepts exactly the ``k`` leftmost masks of every in-flight block per forward.
+
+    Device tensor code without a host sync (``launch``), so the overlapped loop can queue the
+    next step before this one is read; every block surely takes ``min(k, masks)`` (``sure_fills``)."""
 
     k = 1
 
     def decide(self, batch, logits, reqs, forbidden):
+        return self.launch(batch, logits, reqs, forbidden).result()
+
+    def launch(self, batch, logits, reqs, forbidden):
         dev = logits.device
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
                                      self.config.sampling.confidence, kernels=self.config.runtime.kernels.value)
-        # The choice of rows needs no logits: computed on the host tensors of the batch.
-        is_mask = (batch.row_token == self.config.model.mask_token_id).long()  # [M]
-        key = batch.row_block * (1 << 32) + batch.row_position
-        order = key.argsort()
-        m = is_mask[order]
-        blk = batch.row_block[order]
+        db = rows_on(batch, dev)  # non-blocking copies: no wait for the forward here
+        is_mask = (db.row_token == self.config.model.mask_token_id).long()  # [M]
+        order = (db.row_block * (1 << 32) + db.row_position).argsort()  # [M] rows by (block, position)
+        m, blk = is_mask[order], db.row_block[order]
         n = m.shape[0]
         before = m.cumsum(0) - m  # masks before each sorted row
-        first = torch.ones(n, dtype=torch.bool)
-        if n > 1:
-            first[1:] = blk[1:] != blk[:-1]
-        start = torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)).cummax(0).values
-        rank = before - before[start]
-        rows = order[(m == 1) & (rank < self.k)]
-        take = torch.zeros(n, dtype=torch.bool)
-        take[rows] = True  # [M] the rows accepted this step
-        db = rows_on(batch, dev)  # non-blocking copies: no wait for the forward here
-        # The engine samplers' own grouping (one host transfer, no Python loop per row).
-        fills = fills_per_request(len(reqs), host_to_device(take, dev), db.row_request, db.row_position, tokens, conf)
-        return [Decision(fills=f) for f in fills]
+        first = torch.ones(n, dtype=torch.bool, device=dev)
+        first[1:] = blk[1:] != blk[:-1]
+        idx = torch.arange(n, device=dev)
+        start = torch.where(first, idx, torch.zeros_like(idx)).cummax(0).values
+        rank = before - before[start]  # masks before the row within its block
+        take = torch.zeros(n, dtype=torch.bool, device=dev).scatter(0, order, (m == 1) & (rank < self.k))  # [M]
+        # The engine samplers' own staging (one host transfer, no Python loop per row).
+        return StagedFills(len(reqs), take, db.row_request, db.row_position, tokens, conf)
+
+    def sure_fills(self, batch):
+        return torch.full_like(batch.block_quota, self.k)
 
 
 def fixed_k_sampler(k: int) -> type:
@@ -298,17 +301,17 @@ class StepTimer:
         times = [a.elapsed_time(b) / 1e3 for i, a, b in self.graph_events if i in steps]
         return statistics.median(times) if times else None
 
-    def _forward(self, reqs, batch):
+    def _forward(self, reqs, batch, **kw):
         meta = batch.meta
         self.tokens.append((int(meta.context_lens.sum()), int(meta.positions.shape[0])))
         if not self.cuda:
             t0 = time.perf_counter()
-            out = self.orig(reqs, batch)
+            out = self.orig(reqs, batch, **kw)
             self.events.append(time.perf_counter() - t0)
             return out
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        out = self.orig(reqs, batch)
+        out = self.orig(reqs, batch, **kw)
         b.record()
         self.events.append((a, b))
         return out
@@ -340,6 +343,7 @@ def add_requests(engine, batch: int, prompt_len: int, max_tokens: int) -> list[i
 
 
 def drop_requests(engine, ids: list[int]) -> None:
+    engine._drop_spec()  # a guessed step of these requests in flight: discarded, its pages back
     for r in ids:
         engine.abort_request(r)
     for r in ids:
@@ -354,6 +358,7 @@ def replay_stats(engine, batch: int, prompt_len: int, warmup: int, measure: int,
     calls' GPU time ``experts_s`` and FLOPs ``experts_flops`` (see ``roofline.ReplayProbe``)."""
     probe = ReplayProbe(engine, cuda)
     graphs, engine.runner.graphs = engine.runner.graphs, None
+    speculator, engine.speculator = engine.speculator, None  # one forward per step: the synchronous loop
     ids = add_requests(engine, batch, prompt_len, max_tokens)
     model = engine.runner.model
     try:
@@ -366,6 +371,7 @@ def replay_stats(engine, batch: int, prompt_len: int, warmup: int, measure: int,
         engine.runner.graphs = graphs
         probe.close()
         drop_requests(engine, ids)
+        engine.speculator = speculator
 
 
 def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: int, cuda: bool,
@@ -377,34 +383,54 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     walls, decided = [], []
+    stats = engine.overlap_stats
+    hits0, misses0 = (stats.hits, stats.misses) if stats is not None else (0, 0)
     try:
         for i in range(warmup + measure):
-            if cuda:
+            # The synchronous loop: each step timed alone. Overlapped: a step ends while the next one
+            # runs, so the measured steps are timed together (one sync before, one after).
+            if cuda and (stats is None or i == warmup):
                 torch.cuda.synchronize()
             before = {r: len(engine._requests[r].records) for r in ids}
+            if i == warmup:
+                ev0 = len(timer.events)  # the measured steps' forwards (with discarded guesses) from here
             t0 = time.perf_counter()
             engine.step()
-            walls.append(time.perf_counter() - t0)
+            if stats is None or i < warmup:
+                walls.append(time.perf_counter() - t0)
+            elif i == warmup:
+                span0 = t0
             n = 0
             for r in ids:
                 recs = engine._requests[r].records
                 n += sum(x.num_decided for x in recs[before[r]:])
             decided.append(n)
-        if len(timer.events) != warmup + measure:
-            raise RuntimeError(f"expected one forward per step, got {len(timer.events)}")
+        if stats is not None:
+            if cuda:
+                torch.cuda.synchronize()
+            walls += [(time.perf_counter() - span0) / measure] * measure
+        wasted = (stats.misses - misses0) if stats is not None else 0
+        if len(timer.events) != warmup + measure + wasted + (engine._spec is not None):
+            raise RuntimeError(f"expected one forward per step (+ {wasted} discarded guesses), "
+                               f"got {len(timer.events)}")
     finally:
+        hits = (stats.hits - hits0) if stats is not None else None
+        misses = (stats.misses - misses0) if stats is not None else None
         timer.restore()
         drop_requests(engine, ids)
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     replay = replay_stats(engine, batch, prompt_len, warmup, measure, max_tokens, cuda) if replay else {}
     sl = slice(warmup, warmup + measure)
-    gpu = [timer.gpu_s(i) for i in range(warmup + measure)][sl]
-    host = [w - g for w, g in zip(walls[sl], gpu)]
-    ctx = [c for c, _ in timer.tokens[sl]]
-    ntok = [t for _, t in timer.tokens[sl]]
+    fwd = range(ev0, len(timer.events))  # the forwards run during the measured steps
+    gpu = [timer.gpu_s(i) for i in fwd]
+    ctx = [c for c, _ in timer.tokens[ev0:]]
+    ntok = [t for _, t in timer.tokens[ev0:]]
     tpf = statistics.mean(decided[sl]) / batch
-    return dict(fwd_s=statistics.median(gpu), step_s=statistics.median(walls[sl]), host_s=statistics.median(host),
-                graph_s=timer.graph_s(range(warmup, warmup + measure)),
+    step_s = statistics.median(walls[sl])
+    # host: the part of a step the GPU does not cover (synchronous loop: the host's own work between
+    # forwards; overlapped: what is left of it once the next step is queued early).
+    return dict(fwd_s=statistics.median(gpu), step_s=step_s, host_s=step_s - statistics.median(gpu),
+                graph_s=timer.graph_s(fwd), hits=hits, misses=misses,
                 tpf=tpf, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
                 peak=peak, **replay)
 
@@ -536,7 +562,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
     plens = [args.prompt_len] + [p for p in args.long_prompts if p != args.prompt_len]
     max_len = max(plens) + max(max_tokens.values()) + 64
     common = dict(device=args.device, page_size=32, max_model_len=max_len, record_trajectory=False,
-                  dtype="bfloat16" if cuda else "float32")
+                  dtype="bfloat16" if cuda else "float32",
+                  overlap={"auto": None, "on": True, "off": False}[args.overlap])
     from diffulex.config.aliases import GROUPS
 
     if "quantization" in GROUPS:  # the engine's quantization group: none = full precision, fp8 = e4m3 weights
@@ -549,12 +576,12 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
     if args.backends:
         wanted = args.backends.split(",")
         known = {"torch", "triton", "triton+graphs", "triton+graphs-nosplit", "triton+graphs-nofold",
-                 "triton+graphs-oneseg", "triton+graphs-nopdl"}
+                 "triton+graphs-oneseg", "triton+graphs-nopdl", "triton+graphs-sync"}
         if set(wanted) - known:
             raise SystemExit(f"benchmark: unknown --backends {sorted(set(wanted) - known)}; choose from {sorted(known)}")
         backends = [b for b in backends if b in wanted]
         for variant in ("triton+graphs-nosplit", "triton+graphs-nofold", "triton+graphs-oneseg",
-                        "triton+graphs-nopdl"):  # A/B, same weights
+                        "triton+graphs-nopdl", "triton+graphs-sync"):  # A/B, same weights
             if cuda and variant in wanted:
                 backends.insert(0, variant)
     t0 = time.perf_counter()
@@ -594,8 +621,11 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
     fold_max = llada2_module.FOLD_MAX_TOKENS
     user_pdl = os.environ.get("DIFFULEX_PDL")
     starts = list(graphs.segment_starts) if graphs is not None else []
+    speculator = engine.speculator  # the overlapped loop (runtime.overlap; on by default on CUDA)
     for backend in backends:
         kern = backend.split("+")[0]
+        engine._drop_spec()
+        engine.speculator = None if backend.endswith("-sync") else speculator
         engine.runner.kernels = set_kernel_backend(engine.runner.model, kern, dev)
         engine.config.runtime.kernels = type(engine.config.runtime.kernels)(kern)
         engine.runner.graphs = graphs if "+graphs" in backend else None
@@ -644,7 +674,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
                 f"{r['tokens']:.0f} tokens, {r['flops'] / 1e12:.4g} TFLOP, compute floor "
                 f"{_fmt(cfloor, '.2f', 1e3)} ms ratio {_fmt(r['compute_ratio'])} (U {_fmt(u, '.1f')}); experts "
                 f"{_fmt(r['experts_s'], '.2f', 1e3)} ms {_fmt(r['experts_tflops'], '.4g')} TFLOP/s "
-                f"({_fmt(r['experts_peak_pct'], '.1f')} % of peak); graphs {r['graphs']}")
+                f"({_fmt(r['experts_peak_pct'], '.1f')} % of peak); graphs {r['graphs']}; overlap "
+                f"{'off' if r['hits'] is None else str(r['hits']) + ' hits / ' + str(r['misses']) + ' misses'}")
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------
@@ -660,18 +691,20 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
         what = f"{'tiny' if args.tiny else 'real shape'}, random weights"
     out_lines.append(f"\n### {name} ({what}; weights: quantization {quant}), HBM {bw / 1e12:.2f} TB/s measured\n"
                      if bw else f"\n### {name} ({what}; weights: quantization {quant}; CPU)\n")
-    out_lines.append("| kernels | quant | prompt | k | batch | fwd ms | graphed part ms | step ms | host ms (% step) | tok/s | "
+    out_lines.append("| kernels | quant | prompt | k | batch | fwd ms | graphed part ms | step ms | host ms (% step) | "
+                     "overlap hits / misses | tok/s | "
                      "TPF | GB/step | floor ms | U | floor ratio | peak GiB | vanilla step ms | "
                      "speed-up vs vanilla (per step, same k) |")
-    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (backend, plen, k, b), r in rows.items():
         v = vrows.get((k, b)) if plen == args.prompt_len else None
+        ov = "off" if r.get("hits") is None else f"{r['hits']} / {r['misses']}"
         toks = b * r["tpf"] / r["step_s"]
         graphed = f"{r['graph_s']*1e3:.2f}" if r.get("graph_s") else "-"
         vanilla = f"{v['step_s']*1e3:.2f} | {v['step_s']/r['step_s']:.1f}x" if v else "- | -"
         out_lines.append(
             f"| {backend} | {quant} | {plen} | {k} | {b} | {r['fwd_s']*1e3:.2f} | {graphed} | {r['step_s']*1e3:.2f} | "
-            f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {toks:,.0f} | {r['tpf']:.2f} | "
+            f"{r['host_s']*1e3:.2f} ({100*r['host_s']/r['step_s']:.0f}%) | {ov} | {toks:,.0f} | {r['tpf']:.2f} | "
             f"{r['bytes']/1e9:.2f} | {_fmt(r['floor_s'], '.2f', 1e3)} | {_fmt(r['u'], '.1f')} | "
             f"{_fmt(r['floor_ratio'])} | {r['peak']/2**30:.1f} | {vanilla} |")
     n_main = len(rows) + 3
@@ -715,6 +748,9 @@ def parse(argv=None):
                     "H200 figure of issue #18)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="tiny sizes of the same families (CPU smoke run)")
+    ap.add_argument("--overlap", default="auto", choices=["auto", "on", "off"],
+                    help="runtime.overlap of the engine (auto: on for CUDA); the triton+graphs-sync backend "
+                         "runs the synchronous loop on the same engine")
     ap.add_argument("--ks", default="1,32")
     ap.add_argument("--batches", default="1,4,16,64")
     ap.add_argument("--prompt-len", type=int, default=128)

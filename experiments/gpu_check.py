@@ -8,7 +8,8 @@ Run on a CUDA machine from the repo root: ``python experiments/gpu_check.py [--r
    expert inside the fused MoE), one engine (``kernels='auto'``,
    which must resolve to Triton on CUDA) generates greedily on a few prompts; the
    same engine, switched to the reference ops (the runner's per-layer ``kernels``
-   attribute), generates again. Outputs must agree token for token.
+   attribute), generates again; and once more on Triton with the synchronous loop (the first
+   two runs use the overlapped loop, on by default on CUDA). Outputs must agree token for token.
    ``--fp8``: the ``multi_bd`` family cases again with ``quantization="fp8"`` (FP8 weights, 128 x 128
    tiles; fp32 activations): the Triton FP8 linear and experts against the reference ops on the
    same FP8 values, token for token.
@@ -81,19 +82,28 @@ def check_tiny(root: Path, report: list[dict], fp8: bool = False) -> bool:
             with Diffulex(str(path), **{**dict(device="cuda", dtype="float32", kernels="auto",
                                                enforce_eager=False), **kw}) as llm:
                 resolved = llm.runner.kernels
-                outs = {}
-                for backend in ("triton", "torch"):
-                    _switch(llm, backend)
+                outs, overlap = {}, None
+                speculator = llm.speculator  # the overlapped loop (on by default on CUDA)
+                for backend in ("triton", "torch", "triton-sync"):
+                    _switch(llm, backend.split("-")[0])
+                    llm.speculator = None if backend.endswith("-sync") else speculator
+                    before = (speculator.stats.hits, speculator.stats.misses) if speculator else (0, 0)
                     res = llm.generate(prompts, sp)
+                    if backend == "triton" and speculator is not None:
+                        overlap = (speculator.stats.hits - before[0], speculator.stats.misses - before[1])
                     outs[backend] = [t.token_ids if hasattr(t, "token_ids") else t.output_token_ids
                                      for t in res.trajectories]
+                llm.speculator = speculator
                 graphs = (llm.runner.graphs.captures, llm.runner.graphs.replays) if llm.runner.graphs else None
             same = outs["triton"] == outs["torch"]
+            # The overlapped loop (guessed steps on CUDA graphs) equals the synchronous one.
+            same_sync = outs["triton"] == outs["triton-sync"]
             # The Triton path must really have run from CUDA graphs (a failed capture runs eagerly).
-            ok = same and resolved == "triton" and graphs is not None and graphs[1] > 0
+            ok = same and same_sync and resolved == "triton" and graphs is not None and graphs[1] > 0
             row = dict(check="tiny_fp8" if "quantization" in kw else "tiny_fp32", family=fam,
                        strategy=kw["decoding_strategy"], prompt_lens=[len(p) for p in prompts], resolved=resolved,
-                       token_for_token=same, graphs=graphs, tokens=sum(len(x) for x in outs["torch"]), ok=ok)
+                       token_for_token=same, overlap_equals_sync=same_sync, overlap_hits_misses=overlap,
+                       graphs=graphs, tokens=sum(len(x) for x in outs["torch"]), ok=ok)
         except Exception as exc:  # report and go on with the other cases
             ok, row = False, dict(check="tiny_fp32", family=fam, strategy=kw["decoding_strategy"], ok=False,
                                   error=f"{type(exc).__name__}: {exc}")

@@ -250,9 +250,9 @@ def _graphed_engine(llm, ops: str, forward=None) -> tuple[DecodeGraphs, dict]:
         seen["padded_steps"] += bool(bucket is not None and bucket.padded)
         return bucket
 
-    def run_spy(*args):
+    def run_spy(*args, **kw):
         before = graphs.replays
-        out = run(*args)
+        out = run(*args, **kw)
         if graphs.replays > before and seen["bucket"].padded:
             seen["padded_replays"] += 1
             bucket = seen["bucket"]

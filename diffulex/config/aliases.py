@@ -75,6 +75,7 @@ FLAT_ALIASES: dict[str, str] = {
     "cuda_graph_batch_sizes": "runtime.cuda_graph_batch_sizes",
     "kernels": "runtime.kernels",
     "record_trajectory": "runtime.record_trajectory",
+    "overlap": "runtime.overlap",
     "seed": "runtime.seed",
     # quantization (the group itself also takes a string: quantization="fp8")
     "weight_block_size": "quantization.weight_block_size",

@@ -28,6 +28,12 @@ class RuntimeConfig:
     cuda_graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     # Attention / MoE / sampling kernels. auto: Triton on CUDA, PyTorch on CPU.
     kernels: KernelBackend = KernelBackend.AUTO
+    # The overlapped decoding loop: the next step is guessed and queued on the device before the
+    # host reads this one's decisions; used only when it is exactly the step the synchronous loop
+    # would run (token-for-token the same outputs; see diffulex/engine/overlap.py). None: on
+    # CUDA with one rank; True also on CPU (nothing overlaps there: for tests); False: the
+    # synchronous loop (debugging). True with several ranks is an error.
+    overlap: Optional[bool] = None
     # Keep per-step decisions (positions and confidences) in the trajectories.
     record_trajectory: bool = True
     # Seed of the engine's random generator (sampling at temperature > 0, random inits).
@@ -45,3 +51,6 @@ class RuntimeConfig:
                                "a non-empty list of positive ints", "e.g. [1, 2, 4, 8, 16]")
         self.cuda_graph_batch_sizes = sorted(set(self.cuda_graph_batch_sizes))
         check_range("runtime.seed", self.seed, 0, None, integer=True)
+        if self.overlap is not None and not isinstance(self.overlap, bool):
+            raise config_error("runtime.overlap", self.overlap, "null, true or false",
+                               "null: overlapped on CUDA with one rank; false: the synchronous loop")

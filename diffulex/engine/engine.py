@@ -29,6 +29,7 @@ from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
 from .faults import NonFiniteLogits, check_progress
+from .overlap import Launched, Speculator
 from .interrupts import StepInterrupted, deferred_sigint
 from . import data_parallel
 
@@ -88,6 +89,9 @@ class DiffulexEngine:
     def _start(self) -> None:
         config = self.config
         world = config.world_size
+        if config.runtime.overlap and world > 1:
+            raise ValueError("runtime.overlap=true needs a single rank (world size 1): the overlapped "
+                             "loop queues steps on one device; set runtime.overlap=null or false")
         runner_cls = self.components.model_runner
         if config.parallel.launcher == Launcher.ENV and world > 1:
             # torchrun started every rank; on ranks > 0 this serves rank 0, then ends the process.
@@ -122,6 +126,9 @@ class DiffulexEngine:
         self._clamp_logged = False  # the max_tokens clamp is logged once per engine
         self._forbidden: Optional[torch.Tensor] = None
         self._generator = torch.Generator().manual_seed(config.runtime.seed)
+        # The overlapped loop (runtime.overlap): the guessed next step in flight, if any.
+        self.speculator = Speculator(self) if self._overlap() else None
+        self._spec: Any = None
         self.prefill_time_s = 0.0  # wall time of steps in which some request ran its first forward
         self.decode_time_s = 0.0
         # The loaded model, tokenizer and config are ~10^5 long-lived objects: a full garbage
@@ -129,6 +136,27 @@ class DiffulexEngine:
         # of the collector once built; objects created later are collected as usual.
         gc.collect()
         gc.freeze()  # undone in exit()
+
+    def _overlap(self) -> bool:
+        """runtime.overlap resolved: None -> on CUDA with one rank; True needs one rank."""
+        want = self.config.runtime.overlap
+        if want is False:
+            return False
+        if self.workers is not None or self.config.world_size > 1:
+            return False  # (True was refused in _start)
+        return bool(want) or getattr(self.runner, "device", torch.device("cpu")).type == "cuda"
+
+    @property
+    def overlap_stats(self) -> Any:
+        """The overlapped loop's counts (guesses used / discarded / not made), or None when it is off."""
+        return self.speculator.stats if self.speculator is not None else None
+
+    def _drop_spec(self) -> None:
+        """Discard the guessed step in flight (its outputs are never read) and free its pages."""
+        spec, self._spec = self._spec, None
+        if spec is not None and self.speculator is not None and self.kv_cache_manager is not None:
+            self.speculator.release(spec)
+            self.speculator.stats.misses += 1
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
@@ -241,6 +269,8 @@ class DiffulexEngine:
             self._stepping = False
 
     def _step(self) -> list[Any]:
+        if self.speculator is not None:
+            return self._step_overlapped()
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -254,13 +284,58 @@ class DiffulexEngine:
         try:
             decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
         except NonFiniteLogits as e:
-            raise RuntimeError(
-                f"the model produced non-finite logits (NaN or inf) for request(s) "
-                f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
-                "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')") from None
+            raise self._non_finite(reqs, e) from None
+        return self._complete(reqs, plans, decisions, t0, after_forward=True)
+
+    def _step_overlapped(self) -> list[Any]:
+        """One step of the overlapped loop (see :mod:`diffulex.engine.overlap`): this step is the
+        guess queued during the last one if it equals what the scheduler plans now; the next one
+        is guessed and queued before this one's decisions are read."""
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            self.speculator.release(spec)  # before the scheduler takes pages
+        scheduled = self.scheduler.schedule()
+        stats = self.speculator.stats
+        if not scheduled:
+            if spec is not None:
+                stats.misses += 1
+            return []
+        reqs = [r for r, _ in scheduled]
+        plans = [p for _, p in scheduled]
+        batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
+        if spec is not None and self.speculator.matches(spec, reqs, plans, batch):
+            stats.hits += 1
+            cur = dataclasses.replace(spec.step, plans=plans, batch=batch)
+        else:
+            stats.misses += spec is not None
+            t0 = time.perf_counter()
+            logits = self._forward(reqs, batch)
+            if self._forbidden is None:
+                self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
+            cur = Launched(reqs, plans, batch, self.sampler.launch(batch, logits, reqs, self._forbidden), t0)
+        for req, plan in zip(cur.reqs, cur.plans):
+            req.after_forward(plan)  # independent of the decisions: before the next step is guessed
+        self._spec = self.speculator.propose(cur, self._forward)
+        try:
+            decisions = cur.pending.result()  # the host waits for this step (the next one is queued)
+        except NonFiniteLogits as e:
+            raise self._non_finite(reqs, e) from None
+        return self._complete(cur.reqs, cur.plans, decisions, cur.t0, after_forward=False)
+
+    @staticmethod
+    def _non_finite(reqs: list[Any], e: NonFiniteLogits) -> RuntimeError:
+        return RuntimeError(
+            f"the model produced non-finite logits (NaN or inf) for request(s) "
+            f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
+            "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')")
+
+    def _complete(self, reqs: list[Any], plans: list[Any], decisions: list[Any], t0: float,
+                  after_forward: bool) -> list[Any]:
+        """The host's part of a step after its decisions are read: commits, records, stops."""
         check_progress(reqs, plans, decisions)
         elapsed = time.perf_counter() - t0
-        if any(req.nfe == 0 for req in reqs):
+        first = 0 if after_forward else 1  # nfe of a request's first forward (counted already or not)
+        if any(req.nfe == first for req in reqs):
             self.prefill_time_s += elapsed
         else:
             self.decode_time_s += elapsed
@@ -268,7 +343,8 @@ class DiffulexEngine:
         prefix_caching = self.config.cache.enable_prefix_caching
         eos_ids = set(self.config.eos_token_ids)  # once per step, not per request
         for req, plan, decision in zip(reqs, plans, decisions):
-            req.after_forward(plan)
+            if after_forward:
+                req.after_forward(plan)
             if prefix_caching and plan.write_end > plan.start:
                 self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached,
                                              getattr(req, "cache_namespace", b""))
@@ -279,12 +355,15 @@ class DiffulexEngine:
         self._step_index += 1
         return finished
 
-    def _forward(self, reqs: list[Any], batch: Any) -> torch.Tensor:
+    def _forward(self, reqs: list[Any], batch: Any, patch: Any = None) -> torch.Tensor:
         """One forward of the packed batch on every rank; rank 0's logits [M, V].
 
         With data parallelism the requests are split over the replicas (each request pinned
-        to replica ``req_id % dp``), see :mod:`diffulex.engine.data_parallel`.
+        to replica ``req_id % dp``), see :mod:`diffulex.engine.data_parallel`. ``patch`` (one
+        rank only: the overlapped loop) rewrites the token ids on the device before the forward.
         """
+        if patch is not None:
+            return self.runner.run(batch.input_ids, batch.positions, batch.meta, batch.extras, patch=patch)
         p = self.config.parallel
         if p.data_parallel_size > 1 and self.workers is not None:
             if data_parallel.can_split(batch):
@@ -360,7 +439,9 @@ class DiffulexEngine:
                 bar.update(len(self.step()))
                 self._apply_pending_aborts()  # one that arrived during the last step ends the loop
             bar.close()
+            self._drop_spec()
         except BaseException as exc:
+            self._drop_spec()
             self._pending_aborts.clear()
             for req_id in ids:
                 self.scheduler.abort(req_id)
@@ -442,6 +523,7 @@ class DiffulexEngine:
             finally:
                 if parallel is not None:
                     destroy_parallel_state(parallel)
+        self._spec = None
         self.scheduler = None
         # An exception that escaped generate() keeps this engine alive through its frames: hold
         # nothing heavy once closed (the cache manager, the sampler, step tensors).

@@ -109,6 +109,27 @@ class KVCacheManager:
             page_table.append(page)
         return True
 
+    def reserve(self, page_table: list[int], num_tokens: int) -> list[int] | None:
+        """Like :meth:`allocate`, but only from truly free pages, undone exactly by :meth:`unreserve`;
+        the pages taken (None: not enough truly free pages, nothing changed)."""
+        needed = self.num_pages_needed(page_table, num_tokens)
+        if needed > len(self._free):
+            return None
+        pages = [self._free.popleft() for _ in range(needed)]
+        for page in pages:
+            self._refcount[page] = 1
+        page_table.extend(pages)
+        return pages
+
+    def unreserve(self, pages: list[int]) -> None:
+        """Give back pages of :meth:`reserve` (no longer in any page table) to the front of the free
+        list, so the next allocation takes them again in the same order."""
+        for page in reversed(pages):
+            if self._refcount[page] != 1:
+                raise ValueError(f"page {page} unreserved with refcount {self._refcount[page]}")
+            self._refcount[page] = 0
+            self._free.appendleft(page)
+
     def free(self, page_table: list[int]) -> None:
         """Drop this table's reference to each of its pages and clear it in place.
 

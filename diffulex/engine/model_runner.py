@@ -157,11 +157,13 @@ class ModelRunner:
     # -- one forward ----------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-            extras: dict[str, Any] | None = None) -> torch.Tensor | None:
+            extras: dict[str, Any] | None = None, patch: Any = None) -> torch.Tensor | None:
         """Forward the flat batch; logits [M, V] (float32) on rank 0, None elsewhere.
 
         ``extras`` carries strategy inputs: ``soft_inputs`` (a :class:`SoftInputs`, mixed into
         the input embeddings) and any other key, passed to the model's forward as a keyword.
+        ``patch``: ``[N] device ids -> [N] ids``, applied on the device once the ids are there
+        (the overlapped loop writes the previous step's fills in; the host ids are stale).
         """
         dev = self.device
         if self.graphs is not None and self.kernels == "triton":
@@ -171,7 +173,7 @@ class ModelRunner:
                 if static is not None:
                     # Padded on the host to the bucket shape; the graphs copy it into their static
                     # inputs in one host -> device copy (no staging copy first).
-                    out = self.graphs.run(*self.buckets.pad(bucket, input_ids, positions, meta), static)
+                    out = self.graphs.run(*self.buckets.pad(bucket, input_ids, positions, meta), static, patch=patch)
                     if out is not None:  # None: this step runs eagerly, unpadded
                         hidden, rows = out  # [N_b, H]; rows: the real logits rows [M], on the device
                         logits = self.model.compute_logits(hidden[rows])
@@ -180,6 +182,8 @@ class ModelRunner:
         names = [k for k, v in vars(meta).items() if torch.is_tensor(v)]
         moved = self.stager.to_device([input_ids, positions, *(getattr(meta, k) for k in names)])
         input_ids, positions = moved[0], moved[1]
+        if patch is not None:
+            input_ids = patch(input_ids)
         meta = replace(meta, **dict(zip(names, moved[2:])))
         kwargs = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in (extras or {}).items()}
         soft = kwargs.pop("soft_inputs", None)

@@ -41,3 +41,23 @@ class Request:
     def finish(self, reason: str) -> None:
         self.status = RequestStatus.FINISHED
         self.finish_reason = reason
+
+    # Forwards of this request read cached keys only below ``num_cached``, and every position at or
+    # above it is rewritten before it is read: KV written by a discarded speculative step there
+    # is harmless (see diffulex/engine/overlap.py). Request classes reading further set False.
+    reads_below_cached = False
+
+    def snapshot(self) -> dict:
+        """This request's state: each attribute, with lists / dicts / sets copied (restore them
+        in place with :meth:`restore`; the overlapped loop plans a guessed next step on it)."""
+        return {k: (v, v.copy() if isinstance(v, (list, dict, set)) else None) for k, v in vars(self).items()}
+
+    def restore(self, state: dict) -> None:
+        """Back to :meth:`snapshot`'s state; containers keep their identity."""
+        for k in [k for k in vars(self) if k not in state]:
+            delattr(self, k)
+        for k, (value, saved) in state.items():
+            if saved is not None:
+                value.clear()
+                value.update(saved) if not isinstance(value, list) else value.extend(saved)
+            setattr(self, k, value)

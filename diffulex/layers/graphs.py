@@ -92,14 +92,15 @@ class DecodeGraphs:
         return (tuple(input_ids.shape), shapes, scalars, self._pages(meta), extra)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-            extras: dict | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+            extras: dict | None = None, patch: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(hidden [N, H], rows [M])`` of the step, or None when this step runs eagerly.
 
         ``input_ids``, ``positions`` and ``meta``'s tensors are host tensors (the step as padded by
         the owner); ``hidden`` is a static buffer (use it before the next call) and ``rows`` the
         device copy of ``meta.logits_indices`` (a view of the static inputs). ``extras``: strategy
         inputs of fixed shape per step shape (device tensors get static buffers; other values are
-        part of the graph's key)."""
+        part of the graph's key). ``patch``: rewrites the static token ids on the device after they
+        are copied in (``[N_b] -> [N_b]``)."""
         extras = extras or {}
         n = input_ids.shape[0]
         if (n == 0 or n > self.max_tokens or meta.page_table.shape[1] > self.max_pages
@@ -116,8 +117,8 @@ class DecodeGraphs:
         if entry is None:
             if len(self.entries) >= self.max_graphs:
                 return None
-            return self._capture(key, input_ids, positions, meta, extras)
-        self._fill(entry, input_ids, positions, meta, extras)
+            return self._capture(key, input_ids, positions, meta, extras, patch)
+        self._fill(entry, input_ids, positions, meta, extras, patch)
         for graph in entry["graphs"]:
             graph.replay()
         self.replays += 1
@@ -128,15 +129,18 @@ class DecodeGraphs:
         return entry["inputs"].views["logits_indices"][:meta.logits_indices.shape[0]]
 
     def _fill(self, entry: dict, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-              extras: dict) -> None:
+              extras: dict, patch: Callable | None = None) -> None:
         values = {name: getattr(meta, name) for name in entry["tensors"]}
         values.update(ids=input_ids, pos=positions)
         entry["inputs"].write(values)  # one host -> device copy
+        if patch is not None:
+            ids = entry["inputs"].views["ids"]
+            ids.copy_(patch(ids))
         for name, buf in entry["extras"].items():
             buf.copy_(extras[name], non_blocking=True)
 
     def _capture(self, key: Any, input_ids: torch.Tensor, positions: torch.Tensor, meta: Any,
-                 extras: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+                 extras: dict, patch: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         dev = self.device
         n = input_ids.shape[0]
         layout = [("ids", input_ids.dtype, (n,)), ("pos", positions.dtype, (n,))]
@@ -165,7 +169,7 @@ class DecodeGraphs:
         ids, pos = inputs.views["ids"], inputs.views["pos"]
         static_meta = type(meta)(**fields)
         static_extras = {k: entry["extras"].get(k, v) for k, v in extras.items()}
-        self._fill(entry, input_ids, positions, meta, extras)
+        self._fill(entry, input_ids, positions, meta, extras, patch)
         try:
             side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))

@@ -16,7 +16,7 @@ import torch
 from ..engine.batch import host_to_device, rows_on
 from ..registry import AutoSampler
 from .accept import accept_masks
-from .base import Decision, Sampler, fills_per_request
+from .base import Decision, Sampler, StagedFills
 from .select import select_tokens
 
 
@@ -34,6 +34,9 @@ class FastDLLMv2Sampler(Sampler):
     """Decisions of the Fast-dLLM v2 loop (one sub-block per request)."""
 
     def decide(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> list[Decision]:
+        return self.launch(batch, logits, reqs, forbidden).result()
+
+    def launch(self, batch: Any, logits: torch.Tensor, reqs: list[Any], forbidden: torch.Tensor) -> StagedFills:
         dev, cfg = logits.device, self.config
         db = rows_on(batch, dev)  # row / block tensors on the device, without a stream sync
         tokens, conf = select_tokens(logits, forbidden, self.row_params(batch, reqs, dev),
@@ -45,5 +48,4 @@ class FastDLLMv2Sampler(Sampler):
         threshold = torch.full(db.block_forced.shape, float(cfg.strategy.accept_threshold), device=dev)
         accept = accept_with_seed(conf, is_mask, db.row_block, db.block_forced, threshold, seed)
         force_all = db.block_force_all[db.row_block] & is_mask
-        fills = fills_per_request(len(reqs), accept | force_all, db.row_request, db.row_position, tokens, conf)
-        return [Decision(fills=f) for f in fills]
+        return StagedFills(len(reqs), accept | force_all, db.row_request, db.row_position, tokens, conf)

@@ -78,6 +78,10 @@ class FastDLLMv2Request(BlockRequest):
         self.output_token_ids: list[int] | None = None
         self._open_block(self.num_prompt_tokens // self.block_size)
 
+    @property
+    def reads_below_cached(self) -> bool:  # the dual cache reads the block's own cached KV
+        return not self.dual_cache
+
     def step_token_bound(self) -> int:
         return self.block_span(self.inflight[-1])[1] - self.num_cached + 1
 

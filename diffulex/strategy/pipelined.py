@@ -42,6 +42,8 @@ def official_fill_schedule(config: Any, max_tokens: int) -> list[int]:
 class BlockRequest(Request):
     """A request decoded block by block with a buffer of blocks in flight."""
 
+    reads_below_cached = True  # attention reads the cache below num_cached only (block-causal)
+
     def __init__(self, req_id: int, prompt_token_ids: list[int], sampling_params: Any, config: Any) -> None:
         super().__init__(req_id, prompt_token_ids, sampling_params, config)
         s = config.strategy
