@@ -387,28 +387,27 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     hits0, misses0 = (stats.hits, stats.misses) if stats is not None else (0, 0)
     try:
         for i in range(warmup + measure):
-            # The synchronous loop: each step timed alone. Overlapped: a step ends while the next one
-            # runs, so the measured steps are timed together (one sync before, one after).
+            # The synchronous loop: each step timed alone (synced before). Overlapped: the next step
+            # is queued while this one is read, so no sync between steps; each step() call is timed
+            # (in steady state the GPU's step, or the host's work if that is longer), and the span of
+            # the measured steps too (its mean includes any graph capture in it; medians do not).
             if cuda and (stats is None or i == warmup):
                 torch.cuda.synchronize()
             before = {r: len(engine._requests[r].records) for r in ids}
             if i == warmup:
                 ev0 = len(timer.events)  # the measured steps' forwards (with discarded guesses) from here
+                span0 = time.perf_counter()
             t0 = time.perf_counter()
             engine.step()
-            if stats is None or i < warmup:
-                walls.append(time.perf_counter() - t0)
-            elif i == warmup:
-                span0 = t0
+            walls.append(time.perf_counter() - t0)
             n = 0
             for r in ids:
                 recs = engine._requests[r].records
                 n += sum(x.num_decided for x in recs[before[r]:])
             decided.append(n)
-        if stats is not None:
-            if cuda:
-                torch.cuda.synchronize()
-            walls += [(time.perf_counter() - span0) / measure] * measure
+        if cuda:
+            torch.cuda.synchronize()
+        span_s = (time.perf_counter() - span0) / measure
         wasted = (stats.misses - misses0) if stats is not None else 0
         if len(timer.events) != warmup + measure + wasted + (engine._spec is not None):
             raise RuntimeError(f"expected one forward per step (+ {wasted} discarded guesses), "
@@ -416,6 +415,7 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     finally:
         hits = (stats.hits - hits0) if stats is not None else None
         misses = (stats.misses - misses0) if stats is not None else None
+        skipped = dict(stats.skipped) if stats is not None else None
         timer.restore()
         drop_requests(engine, ids)
     peak = torch.cuda.max_memory_allocated() if cuda else 0
@@ -430,7 +430,7 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
     # host: the part of a step the GPU does not cover (synchronous loop: the host's own work between
     # forwards; overlapped: what is left of it once the next step is queued early).
     return dict(fwd_s=statistics.median(gpu), step_s=step_s, host_s=step_s - statistics.median(gpu),
-                graph_s=timer.graph_s(fwd), hits=hits, misses=misses,
+                graph_s=timer.graph_s(fwd), hits=hits, misses=misses, skipped=skipped, span_s=span_s,
                 tpf=tpf, ctx=statistics.mean(ctx), ntok=statistics.mean(ntok),
                 peak=peak, **replay)
 
@@ -675,7 +675,8 @@ def bench_model(name: str, args, out_lines: list[str], results: list[dict], chec
                 f"{_fmt(cfloor, '.2f', 1e3)} ms ratio {_fmt(r['compute_ratio'])} (U {_fmt(u, '.1f')}); experts "
                 f"{_fmt(r['experts_s'], '.2f', 1e3)} ms {_fmt(r['experts_tflops'], '.4g')} TFLOP/s "
                 f"({_fmt(r['experts_peak_pct'], '.1f')} % of peak); graphs {r['graphs']}; overlap "
-                f"{'off' if r['hits'] is None else str(r['hits']) + ' hits / ' + str(r['misses']) + ' misses'}")
+                f"{'off' if r['hits'] is None else str(r['hits']) + ' hits / ' + str(r['misses']) + ' misses'} "
+                f"(not guessed, engine total: {r['skipped']}); mean step over the span {r['span_s']*1e3:.2f} ms")
     _free(engine)
     del engine
     # -- the vanilla baseline on the same weights ---------------------------------------------

@@ -17,6 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fake_cuda_graphs
+from triton_interp import interpreted, triton_interpreter  # noqa: F401  (autouse fixture)
+
+with interpreted():  # the graphed case imports the Triton kernel modules: decorate them interpreted
+    try:
+        import diffulex.kernels.triton  # noqa: F401
+    except ImportError:  # no triton: the graphed case skips
+        pass
 from diffulex import Diffulex, SamplingParams
 from diffulex.engine.kv_cache_manager import KVCacheManager
 from diffulex.engine.overlap import source_rows, write_fills
@@ -45,8 +52,10 @@ def _prompts(lens=(5, 8, 13, 16, 21), seed=0):
     return [torch.randint(3, 270, (n,), generator=g).tolist() for n in lens]
 
 
-def _run(path, kw, prompts, params, overlap, observers=()):
+def _run(path, kw, prompts, params, overlap, observers=(), always_guess=True):
     with Diffulex(path, overlap=overlap, observers=observers, **{**BASE, **kw}) as llm:
+        if llm.speculator is not None and always_guess:
+            llm.speculator.min_hit_probability = 0.0  # guess every step: many misses to discard
         out = llm.generate(prompts, params)
         stats = llm.overlap_stats
         llm.kv_cache_manager.check_invariants()
@@ -57,11 +66,11 @@ def _run(path, kw, prompts, params, overlap, observers=()):
     return got, stats, (free, total), out
 
 
-def _both(path, kw, prompts, params, observers_factory=None):
+def _both(path, kw, prompts, params, observers_factory=None, always_guess=True):
     sync, none_stats, _, _ = _run(path, kw, prompts, params, False,
                                   observers_factory() if observers_factory else ())
     ov, stats, (free, total), out = _run(path, kw, prompts, params, True,
-                                         observers_factory() if observers_factory else ())
+                                         observers_factory() if observers_factory else (), always_guess)
     assert none_stats is None
     assert ov == sync  # tokens, nfe, finish reasons and every step's record
     assert free == total, "pages left behind (reserved by a discarded guess?)"
@@ -75,6 +84,31 @@ def test_overlapped_equals_synchronous(tiny_path, name):
                      SamplingParams(temperature=0.0, max_tokens=30))
     assert stats.hits >= 5 and stats.misses >= 1, stats  # guesses used, and wrong ones discarded
     assert stats.skipped.get("admission", 0) >= 1, stats  # 5 prompts, 3 slots: admissions are not guessed
+
+
+def test_unlikely_guesses_are_not_made(tiny_path):
+    """By default a step is guessed only when its uncertain blocks (masks beyond the sure fills) are
+    unlikely to complete, by the completion counts of the real steps: far fewer misses."""
+    family, kw = SUPPORTED["llada2-multi_bd-K4"]
+    prompts, params = _prompts(), SamplingParams(temperature=0.0, max_tokens=30)
+    always, _ = _both(tiny_path(family), {**kw, "max_num_seqs": 3}, prompts, params)
+    chosen, _ = _both(tiny_path(family), {**kw, "max_num_seqs": 3}, prompts, params, always_guess=False)
+    assert chosen.skipped.get("unlikely", 0) >= 5 and chosen.hits >= 3, chosen
+    rate = chosen.misses / (chosen.hits + chosen.misses)
+    assert rate < 0.25 and rate < always.misses / (always.hits + always.misses), (chosen, always)
+
+
+def test_hit_probability_from_completion_counts(tiny_path):
+    with Diffulex(tiny_path("llada2"), overlap=True, **BASE) as llm:
+        spec = llm.speculator
+        masks, sure = torch.tensor([3, 5, 2, 0]), torch.tensor([1, 1, 8, 1])  # blocks 2 (sure) and 3 (full) certain
+        prior = spec.prior_completion
+        assert spec.hit_probability(masks, sure) == pytest.approx((1 - prior) ** 2)
+        spec.trials[5], spec.completions[5] = 2, 0  # two blocks with 5 masks left, none completed
+        # 3 masks (unseen) pools the counts >= 3, 5 masks (seen twice) too: both from counts 5
+        assert spec.hit_probability(masks, sure) == pytest.approx((1 - prior / 3) ** 2)
+        spec.trials[3], spec.completions[3] = 9, 9  # blocks with 3 masks left completed every time
+        assert spec.hit_probability(masks, sure) == pytest.approx((1 - (9 + prior) / 10) * (1 - prior / 3))
 
 
 @pytest.mark.parametrize("name", list(UNSUPPORTED))
@@ -178,6 +212,7 @@ def test_graphed_steps_take_the_fills_in_their_static_inputs(tiny_path, monkeypa
     sync, _, _, _ = _run(tiny_path("llada2"), kw, prompts, params, False)
     fake_cuda_graphs.install(monkeypatch)
     with Diffulex(tiny_path("llada2"), overlap=True, **{**BASE, **kw}) as llm:
+        llm.speculator.min_hit_probability = 0.0
         runner = llm.runner
         runner.kernels = "triton"  # the runner's switch for graphs; the modules keep the torch ops
         graphs = DecodeGraphs(fake_cuda_graphs.recording(runner.graph_forward), runner.device,

@@ -320,6 +320,7 @@ class DiffulexEngine:
             decisions = cur.pending.result()  # the host waits for this step (the next one is queued)
         except NonFiniteLogits as e:
             raise self._non_finite(reqs, e) from None
+        self.speculator.observe(cur)  # how often blocks complete: whether to guess next time
         return self._complete(cur.reqs, cur.plans, decisions, cur.t0, after_forward=False)
 
     @staticmethod
