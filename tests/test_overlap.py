@@ -252,19 +252,22 @@ def test_write_fills_and_source_rows_on_a_hand_built_pair_of_steps():
     assert ids.tolist() == [7, 53, 7, 7, 7, 50, 7, 52, 7]  # row 1 (position 9) was not taken
 
 
-def test_reserve_and_unreserve_restore_the_free_list_exactly():
-    kv = KVCacheManager(6, 4, 4, enable_prefix_caching=False)
+def test_reserve_and_unreserve_restore_the_cache_exactly():
+    kv = KVCacheManager(6, 4, 4, enable_prefix_caching=True)
     table = []
     assert kv.allocate(table, 8)
-    before = list(kv._free)
+    kv.commit(table, list(range(8)), 8)  # two cached prefix pages
+    kv.free(table)  # evictable now (refcount 0, keys kept)
+    state = lambda: (list(kv._free), list(kv._evictable), dict(kv._key_to_page), dict(kv._page_to_key))  # noqa: E731
+    before = state()
     other = []
-    pages = kv.reserve(other, 12)
-    assert pages == before[:3] and other == pages
-    assert kv.reserve([], 100) is None and list(kv._free) == before[3:]
-    kv.unreserve(pages)
-    assert list(kv._free) == before
+    taken = kv.reserve(other, 20)  # 5 pages: the 4 free ones, then the least recently released cached one
+    assert [p for p, _ in taken] == before[0] + before[1][:1] and other == [p for p, _ in taken]
+    assert taken[-1][1] is not None and kv.reserve([], 100) is None
+    kv.unreserve(taken)
+    assert state() == before
     again = []
-    assert kv.allocate(again, 12) and again == pages  # the real allocation takes the same pages again
+    assert kv.allocate(again, 20) and again == other  # the real allocation takes the same pages
     kv.check_invariants()
 
 

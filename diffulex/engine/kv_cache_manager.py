@@ -109,26 +109,45 @@ class KVCacheManager:
             page_table.append(page)
         return True
 
-    def reserve(self, page_table: list[int], num_tokens: int) -> list[int] | None:
-        """Like :meth:`allocate`, but only from truly free pages, undone exactly by :meth:`unreserve`;
-        the pages taken (None: not enough truly free pages, nothing changed)."""
+    def reserve(self, page_table: list[int], num_tokens: int) -> list[tuple[int, bytes | None]] | None:
+        """:meth:`allocate`, undone exactly by :meth:`unreserve`: the pages taken, each with the
+        prefix key it was evicted from (None: a free page), or None (too few pages, nothing changed)."""
         needed = self.num_pages_needed(page_table, num_tokens)
-        if needed > len(self._free):
+        if needed > self.num_free_pages:
             return None
-        pages = [self._free.popleft() for _ in range(needed)]
-        for page in pages:
+        taken: list[tuple[int, bytes | None]] = []
+        for _ in range(needed):
+            if self._free:
+                page, key = self._free.popleft(), None
+            else:
+                page, _ = self._evictable.popitem(last=False)
+                key = self._page_to_key.pop(page)
+                del self._key_to_page[key]
             self._refcount[page] = 1
-        page_table.extend(pages)
-        return pages
+            page_table.append(page)
+            taken.append((page, key))
+        return taken
 
-    def unreserve(self, pages: list[int]) -> None:
-        """Give back pages of :meth:`reserve` (no longer in any page table) to the front of the free
-        list, so the next allocation takes them again in the same order."""
-        for page in reversed(pages):
+    def unreserve(self, taken: list[tuple[int, bytes | None]]) -> None:
+        """Give back pages of :meth:`reserve` (no longer in any page table) where they came from: the
+        front of the free list, or the front of the evictable ones with their prefix key again, so the
+        cache is as before and the next allocation takes the same pages in the same order."""
+        for page, key in reversed(taken):
             if self._refcount[page] != 1:
                 raise ValueError(f"page {page} unreserved with refcount {self._refcount[page]}")
             self._refcount[page] = 0
-            self._free.appendleft(page)
+            if key is None:
+                self._free.appendleft(page)
+            else:
+                other = self._key_to_page.get(key)
+                if other is not None:  # registered again meanwhile: that page would have stayed anonymous
+                    del self._page_to_key[other]
+                    if other in self._evictable:
+                        del self._evictable[other]
+                        self._free.append(other)
+                self._evictable[page] = None
+                self._evictable.move_to_end(page, last=False)
+                self._page_to_key[page], self._key_to_page[key] = key, page
 
     def free(self, page_table: list[int]) -> None:
         """Drop this table's reference to each of its pages and clear it in place.

@@ -61,7 +61,7 @@ class Speculation:
 
     step: Launched
     after: Launched
-    reserved: list[int]  # KV pages held for it (in no page table; given back by release)
+    reserved: list  # KV pages held for it, as KVCacheManager.reserve took them (given back by release)
     src: np.ndarray  # [N + 2M] int64: per token id, row token, row previous token: the row of ``after``, or -1
 
 
@@ -203,7 +203,7 @@ class Speculator:
             return stats.skip("unlikely")
         running = list(sched.running)
         states = [(req, req.snapshot()) for req in running]
-        reserved: list[int] = []
+        reserved: list = []
         spec = None
         try:
             self._guess_fills(cur)
