@@ -102,13 +102,20 @@ def test_hit_probability_from_completion_counts(tiny_path):
     with Diffulex(tiny_path("llada2"), overlap=True, **BASE) as llm:
         spec = llm.speculator
         masks, sure = torch.tensor([3, 5, 2, 0]), torch.tensor([1, 1, 8, 1])  # blocks 2 (sure) and 3 (full) certain
-        prior = spec.prior_completion
+        prior, w = spec.prior_completion, spec.own_counts_after
         assert spec.hit_probability(masks, sure) == pytest.approx((1 - prior) ** 2)
         spec.trials[5], spec.completions[5] = 2, 0  # two blocks with 5 masks left, none completed
-        # 3 masks (unseen) pools the counts >= 3, 5 masks (seen twice) too: both from counts 5
-        assert spec.hit_probability(masks, sure) == pytest.approx((1 - prior / 3) ** 2)
+        # 3 masks (unseen) borrows the pooled rate of the counts >= 3; 5 masks shrinks its own towards it
+        pooled = prior / 3
+        assert spec.hit_probability(masks, sure) == pytest.approx((1 - pooled) * (1 - w * pooled / (2 + w)))
         spec.trials[3], spec.completions[3] = 9, 9  # blocks with 3 masks left completed every time
-        assert spec.hit_probability(masks, sure) == pytest.approx((1 - (9 + prior) / 10) * (1 - prior / 3))
+        pooled3 = (9 + prior) / 12
+        p3 = (9 + w * pooled3) / (9 + w)
+        assert spec.hit_probability(masks, sure) == pytest.approx((1 - p3) * (1 - w * pooled / (2 + w)))
+        # a batch of 64 blocks that never completed at 17 trials each: guessed (64 blocks, 0.9 needed)
+        spec.trials[:], spec.completions[:] = 0, 0
+        spec.trials[6:] = 17  # (block 8: counts up to 8)
+        assert spec.hit_probability(torch.full((64,), 6), torch.ones(64, dtype=torch.long)) > 0.9
 
 
 @pytest.mark.parametrize("name", list(UNSUPPORTED))

@@ -171,7 +171,7 @@ class Speculator:
 
     min_hit_probability = 0.9
     prior_completion = 0.05  # P(a block completes) with no step seen
-    own_counts_after = 4  # steps seen with a masks-left count before its own rate is used
+    own_counts_after = 4  # weight (pseudo-trials) of the pooled rate in a masks-left count's estimate
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -260,16 +260,15 @@ class Speculator:
     def hit_probability(self, masks: torch.Tensor, sure: torch.Tensor) -> float:
         """P(no block of the step completes beyond its sure fills), from the counts so far.
 
-        Per masks-left count m: its own completion rate once it was seen ``own_counts_after`` times,
-        before that the pooled rate of every count >= m seen (blocks with more masks complete less
-        often, so this errs towards guessing), and ``prior_completion`` with no data."""
+        Per masks-left count m: its completions and trials, shrunk towards the pooled rate of every
+        count >= m (``own_counts_after`` pseudo-trials; blocks with more masks complete less often,
+        so counts not seen yet borrow from those above), whose own prior is ``prior_completion``."""
         m = masks[(masks > 0) & (sure < masks)].clamp_max(len(self.trials) - 1).numpy()  # uncertain blocks
-        own = self.trials[m] >= self.own_counts_after
         c_up = np.cumsum(self.completions[::-1])[::-1]  # completions at counts >= m
         t_up = np.cumsum(self.trials[::-1])[::-1]
-        c = np.where(own, self.completions[m], c_up[m])
-        t = np.where(own, self.trials[m], t_up[m])
-        p = (c + self.prior_completion) / (t + 1.0)
+        pooled = (c_up[m] + self.prior_completion) / (t_up[m] + 1.0)
+        w = self.own_counts_after
+        p = (self.completions[m] + w * pooled) / (self.trials[m] + w)
         return float(np.prod(1.0 - p))
 
     def observe(self, cur: Launched) -> None:
