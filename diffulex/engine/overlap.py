@@ -27,8 +27,8 @@ above a request's cached length is rewritten before it is read (``reads_below_ca
 guesses that write KV for other requests are not made, nor guesses after steps with sampled
 tokens (random draws), decisions that are not plain fills (edits, remasks, soft inputs: the
 samplers without a device-side :meth:`~diffulex.sampling.base.Sampler.launch`), strategy
-inputs (``extras``), pending admissions or aborts. ``runtime.overlap=false`` is the
-synchronous loop.
+inputs (``extras``), pending admissions or aborts, nor where a wrong guess is likely (see
+:class:`Speculator`). ``runtime.overlap=false`` is the synchronous loop. docs/overlap.md.
 """
 
 from __future__ import annotations
