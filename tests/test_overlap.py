@@ -73,6 +73,9 @@ def _both(path, kw, prompts, params, observers_factory=None, always_guess=True):
                                          observers_factory() if observers_factory else (), always_guess)
     assert none_stats is None
     assert ov == sync  # tokens, nfe, finish reasons and every step's record
+    # step times partition the wall time (an overlapped step is queued during the previous one)
+    assert 0 < out.prefill_time_s + out.decode_time_s <= out.wall_time_s
+    assert sum(s.time_s for s in out.trajectories[0].steps) <= out.wall_time_s
     assert free == total, "pages left behind (reserved by a discarded guess?)"
     return stats, out
 
