@@ -101,6 +101,23 @@ def test_unlikely_guesses_are_not_made(tiny_path):
     assert rate < 0.25 and rate < always.misses / (always.hits + always.misses), (chosen, always)
 
 
+def test_back_off_when_recent_guesses_miss(tiny_path):
+    """d2f's misses come mostly from blocks added or forced by extra fills (not modeled): the recent
+    miss rate makes the loop guess only every probe_every-th step; outputs stay the same."""
+    family, kw = SUPPORTED["llada-d2f"]
+    prompts, params = _prompts(), SamplingParams(temperature=0.0, max_tokens=30)
+    stats, _ = _both(tiny_path(family), {**kw, "max_num_seqs": 3}, prompts, params, always_guess=False)
+    assert stats.skipped.get("backoff", 0) >= 10 and stats.hits >= 3, stats
+    with Diffulex(tiny_path("llada2"), overlap=True, **BASE) as llm:
+        spec = llm.speculator
+        assert not spec.backing_off()
+        for hit in [True] * 13 + [False] * 3:  # half a window, 19 % missed
+            spec.record(hit)
+        assert spec.backing_off()
+        spec.recent.extend([True] * 16)  # 3 of 32 missed: 9 % <= 10 %
+        assert not spec.backing_off()
+
+
 def test_hit_probability_from_completion_counts(tiny_path):
     with Diffulex(tiny_path("llada2"), overlap=True, **BASE) as llm:
         spec = llm.speculator

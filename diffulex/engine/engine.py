@@ -157,7 +157,7 @@ class DiffulexEngine:
         spec, self._spec = self._spec, None
         if spec is not None and self.speculator is not None and self.kv_cache_manager is not None:
             self.speculator.release(spec)
-            self.speculator.stats.misses += 1
+            self.speculator.record(hit=False)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
@@ -296,19 +296,19 @@ class DiffulexEngine:
         if spec is not None:
             self.speculator.release(spec)  # before the scheduler takes pages
         scheduled = self.scheduler.schedule()
-        stats = self.speculator.stats
         if not scheduled:
             if spec is not None:
-                stats.misses += 1
+                self.speculator.record(hit=False)
             return []
         reqs = [r for r, _ in scheduled]
         plans = [p for _, p in scheduled]
         batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
-        if spec is not None and self.speculator.matches(spec, reqs, plans, batch):
-            stats.hits += 1
+        hit = spec is not None and self.speculator.matches(spec, reqs, plans, batch)
+        if spec is not None:
+            self.speculator.record(hit)
+        if hit:
             cur = dataclasses.replace(spec.step, plans=plans, batch=batch)
         else:
-            stats.misses += spec is not None
             t0 = time.perf_counter()
             logits = self._forward(reqs, batch)
             if self._forbidden is None:

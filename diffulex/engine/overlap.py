@@ -33,6 +33,7 @@ inputs (``extras``), pending admissions or aborts, nor where a wrong guess is li
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -166,16 +167,23 @@ class Speculator:
     complete through their threshold make a guess wrong: the probability that a block with m
     masks left completes in one step (beyond its sure fills) is counted online from the real
     steps (``observe``), and a step is guessed only when the product over its uncertain blocks of
-    P(not completing) is at least ``min_hit_probability``.
+    P(not completing) is at least ``min_hit_probability``. Guesses also go wrong for reasons this
+    does not model (a block added or forced by more fills than the sure ones, stops): when more
+    than ``1 - min_hit_probability`` of the last ``window`` guesses were wrong, only every
+    ``probe_every``-th step that would be guessed is (``backoff``), until the window recovers.
     """
 
     min_hit_probability = 0.9
     prior_completion = 0.05  # P(a block completes) with no step seen
     own_counts_after = 4  # weight (pseudo-trials) of the pooled rate in a masks-left count's estimate
+    window = 32  # recent guesses whose outcomes decide the back-off
+    probe_every = 8
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.stats = OverlapStats()
+        self.recent: collections.deque[bool] = collections.deque(maxlen=self.window)  # hit or miss
+        self._held = 0  # steps not guessed since the last probe, while backing off
         cap = engine.config.strategy.block_size + 1
         self.trials = np.zeros(cap, dtype=np.int64)  # per masks left: uncertain blocks seen
         self.completions = np.zeros(cap, dtype=np.int64)  # ... of which completed in that step
@@ -201,6 +209,11 @@ class Speculator:
         masks, sure = self._block_masks(batch)
         if self.hit_probability(masks, sure) < self.min_hit_probability:
             return stats.skip("unlikely")
+        if self.backing_off():
+            self._held += 1
+            if self._held < self.probe_every:
+                return stats.skip("backoff")
+        self._held = 0
         running = list(sched.running)
         states = [(req, req.snapshot()) for req in running]
         reserved: list = []
@@ -295,6 +308,19 @@ class Speculator:
         req_of, pos_of = b.row_request.tolist(), b.row_position.tolist()
         for r in rows:
             cur.reqs[req_of[r]].canvas[pos_of[r]] = self.placeholder
+
+    def record(self, hit: bool) -> None:
+        """A queued guess was used (hit) or discarded."""
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
+        self.recent.append(hit)
+
+    def backing_off(self) -> bool:
+        """More than ``1 - min_hit_probability`` of the recent guesses (at least half a window) missed."""
+        n = len(self.recent)
+        return n >= self.window // 2 and (n - sum(self.recent)) / n > 1.0 - self.min_hit_probability
 
     # -- 3: check ---------------------------------------------------------------------------
     def release(self, spec: Speculation) -> None:
