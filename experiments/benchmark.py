@@ -409,7 +409,7 @@ def run_rows(engine, k: int, batch: int, prompt_len: int, warmup: int, measure: 
             torch.cuda.synchronize()
         span_s = (time.perf_counter() - span0) / measure
         wasted = (stats.misses - misses0) if stats is not None else 0
-        if len(timer.events) != warmup + measure + wasted + (engine._spec is not None):
+        if len(timer.events) != warmup + measure + wasted + (engine.speculator is not None and engine.speculator.inflight is not None):
             raise RuntimeError(f"expected one forward per step (+ {wasted} discarded guesses), "
                                f"got {len(timer.events)}")
     finally:

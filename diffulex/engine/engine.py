@@ -8,7 +8,6 @@ which leaves no process, port or process group behind, and re-raises the origina
 from __future__ import annotations
 
 import collections
-import dataclasses
 import gc
 import logging
 import threading
@@ -19,41 +18,22 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ..config import Config
-from ..config.aliases import is_config_key, near_miss
 from ..config.parallel import Launcher
 from .components import EngineComponents
+from .kwargs import split_engine_kwargs
+from .prompts import prompt_token_ids
 from .distributed import destroy_parallel_state, free_port, join_parallel_state
 from .workers import WorkerError, WorkerGroup, Workers, join_launched_ranks
 from ..sampling_params import SamplingParams
 from .forbidden import forbidden_tokens
 from .outputs import GenerationOutputs, StepRecord, Trajectory
 from .batch import pack_batch
-from .faults import NonFiniteLogits, check_progress
-from .overlap import Launched, Speculator
+from .faults import NonFiniteLogits, check_progress, non_finite_error
+from .overlap import Speculator
 from .interrupts import StepInterrupted, deferred_sigint
 from . import data_parallel
 
 logger = logging.getLogger("diffulex.engine")
-
-
-def split_engine_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(config keywords, ignored names): the seed ignores unrelated keywords; we name them.
-
-    A near miss of a real option (``near_miss``: a config keyword, or a ``SamplingParams``
-    field, which belongs in ``SamplingParams``) is a ValueError with "did you mean", not a
-    silently ignored keyword.
-    """
-    kept = {k: v for k, v in kwargs.items() if is_config_key(k)}
-    ignored = sorted(k for k in kwargs if k not in kept)
-    sampling_fields = tuple(f.name for f in dataclasses.fields(SamplingParams))
-    for name in ignored:
-        guess = near_miss(name, sampling_fields)
-        if guess in sampling_fields:
-            raise ValueError(f"Diffulex: unknown keyword {name!r}; did you mean {guess!r}? It is a SamplingParams "
-                             f"field: pass it to generate() as SamplingParams({guess}=...)")
-        if guess is not None:
-            raise ValueError(f"Diffulex: unknown keyword {name!r}; did you mean {guess!r}?")
-    return kept, ignored
 
 
 class DiffulexEngine:
@@ -126,9 +106,8 @@ class DiffulexEngine:
         self._clamp_logged = False  # the max_tokens clamp is logged once per engine
         self._forbidden: Optional[torch.Tensor] = None
         self._generator = torch.Generator().manual_seed(config.runtime.seed)
-        # The overlapped loop (runtime.overlap): the guessed next step in flight, if any.
+        # The overlapped loop (runtime.overlap): it holds the guessed next step in flight, if any.
         self.speculator = Speculator(self) if self._overlap() else None
-        self._spec: Any = None
         self.prefill_time_s = 0.0  # wall time of steps in which some request ran its first forward
         self.decode_time_s = 0.0
         self._last_step_end = 0.0  # steps' times do not overlap (the overlapped loop queues early)
@@ -153,11 +132,9 @@ class DiffulexEngine:
         return self.speculator.stats if self.speculator is not None else None
 
     def _drop_spec(self) -> None:
-        """Discard the guessed step in flight (its outputs are never read) and free its pages."""
-        spec, self._spec = self._spec, None
-        if spec is not None and self.speculator is not None and self.kv_cache_manager is not None:
-            self.speculator.release(spec)
-            self.speculator.record(hit=False)
+        """Discard the guessed step in flight, if any (its outputs are never read; its pages freed)."""
+        if self.speculator is not None and self.kv_cache_manager is not None:
+            self.speculator.drop()
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: Union[str, Sequence[int]], sampling_params: SamplingParams) -> int:
@@ -176,37 +153,8 @@ class DiffulexEngine:
         check = getattr(self.components.request, "check_sampling_params", None)
         if check is not None:
             check(sampling_params)  # a strategy may refuse knobs it cannot honour
-        if isinstance(prompt, str):
-            try:
-                prompt.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"prompt is not valid text: {e.reason} at character {e.start} "
-                                 f"({prompt[e.start:e.end]!r}); pass a str without lone surrogates, or token ids") from None
-            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        elif isinstance(prompt, Sequence):
-            ids = list(prompt)
-        else:
-            raise ValueError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
-        if not ids:
-            raise ValueError("prompt is empty: pass at least one token")
-        vocab = self.config.checkpoint.vocab_size
-        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or t < 0 or t >= vocab), None)
-        if bad is not None:
-            raise ValueError(f"prompt token ids must be ints in [0, {vocab}), got {bad!r} "
-                             f"(a {type(bad).__name__})")
-        mask_id = self.config.model.mask_token_id
-        if mask_id in ids:
-            raise ValueError(f"prompt contains the mask token id {mask_id} at position {ids.index(mask_id)}; "
-                             "a diffusion model treats it as a blank to fill. Remove it from the prompt")
+        ids, room = prompt_token_ids(prompt, self.tokenizer, self.config)
         limit = self.config.runtime.max_model_len
-        if len(ids) >= limit:
-            raise ValueError(f"prompt has {len(ids)} tokens but max_model_len is {limit}; shorten the prompt "
-                             "or raise max_model_len (up to the model's maximum)")
-        block = self.config.strategy.block_size
-        room = (limit // block) * block - len(ids)  # whole blocks must fit under max_model_len
-        if room < 1:
-            raise ValueError(f"prompt of {len(ids)} tokens leaves no whole block of {block} under "
-                             f"max_model_len={limit}")
         if sampling_params.max_tokens > room:
             if not self._clamp_logged:
                 logger.warning("max_tokens=%d is more than the room under max_model_len=%d for a prompt of %d "
@@ -271,7 +219,7 @@ class DiffulexEngine:
 
     def _step(self) -> list[Any]:
         if self.speculator is not None:
-            return self._step_overlapped()
+            return self.speculator.step()
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -280,68 +228,33 @@ class DiffulexEngine:
         plans = [p for _, p in scheduled]
         batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
         logits = self._forward(reqs, batch)
-        if self._forbidden is None:
-            self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
+        self._forbidden_for(logits)
         try:
             decisions = self.sampler.decide(batch, logits, reqs, self._forbidden)
         except NonFiniteLogits as e:
-            raise self._non_finite(reqs, e) from None
-        return self._complete(reqs, plans, decisions, t0, after_forward=True)
+            raise non_finite_error(reqs, e) from None
+        prefill = any(req.nfe == 0 for req in reqs)
+        for req, plan in zip(reqs, plans):
+            req.after_forward(plan)
+        return self._complete(reqs, plans, decisions, t0, prefill)
 
-    def _step_overlapped(self) -> list[Any]:
-        """One step of the overlapped loop (see :mod:`diffulex.engine.overlap`): this step is the
-        guess queued during the last one if it equals what the scheduler plans now; the next one
-        is guessed and queued before this one's decisions are read."""
-        spec, self._spec = self._spec, None
-        if spec is not None:
-            self.speculator.release(spec)  # before the scheduler takes pages
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
-            if spec is not None:
-                self.speculator.record(hit=False)
-            return []
-        reqs = [r for r, _ in scheduled]
-        plans = [p for _, p in scheduled]
-        batch = pack_batch(reqs, plans, self.config.cache.page_size, self.kv_cache_manager)
-        hit = spec is not None and self.speculator.matches(spec, reqs, plans, batch)
-        if spec is not None:
-            self.speculator.record(hit)
-        if hit:
-            cur = dataclasses.replace(spec.step, plans=plans, batch=batch)
-        else:
-            t0 = time.perf_counter()
-            logits = self._forward(reqs, batch)
-            if self._forbidden is None:
-                self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
-            cur = Launched(reqs, plans, batch, self.sampler.launch(batch, logits, reqs, self._forbidden), t0)
-        for req, plan in zip(cur.reqs, cur.plans):
-            req.after_forward(plan)  # independent of the decisions: before the next step is guessed
-        self._spec = self.speculator.propose(cur, self._forward)
-        try:
-            decisions = cur.pending.result()  # the host waits for this step (the next one is queued)
-        except NonFiniteLogits as e:
-            raise self._non_finite(reqs, e) from None
-        self.speculator.observe(cur)  # how often blocks complete: whether to guess next time
-        return self._complete(cur.reqs, cur.plans, decisions, cur.t0, after_forward=False)
-
-    @staticmethod
-    def _non_finite(reqs: list[Any], e: NonFiniteLogits) -> RuntimeError:
-        return RuntimeError(
-            f"the model produced non-finite logits (NaN or inf) for request(s) "
-            f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
-            "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')")
+    def _forbidden_for(self, logits: torch.Tensor) -> torch.Tensor:
+        """The [V] mask of tokens never sampled, built at the first forward (vocabulary of the logits)."""
+        if self._forbidden is None:
+            self._forbidden = forbidden_tokens(self.config, logits.shape[-1], logits.device)
+        return self._forbidden
 
     def _complete(self, reqs: list[Any], plans: list[Any], decisions: list[Any], t0: float,
-                  after_forward: bool) -> list[Any]:
-        """The host's part of a step after its decisions are read: commits, records, stops."""
+                  prefill: bool) -> list[Any]:
+        """The host's part of a step after its decisions are read (its forward counted by
+        ``after_forward``): commits, records, stops. ``prefill``: some request ran its first forward."""
         check_progress(reqs, plans, decisions)
         # From when the step was queued, or when the previous one ended if later (an overlapped step
         # is queued during the previous one): step times add up to at most the wall time.
         now = time.perf_counter()
         elapsed = now - max(t0, self._last_step_end)
         self._last_step_end = now
-        first = 0 if after_forward else 1  # nfe of a request's first forward (counted already or not)
-        if any(req.nfe == first for req in reqs):
+        if prefill:
             self.prefill_time_s += elapsed
         else:
             self.decode_time_s += elapsed
@@ -349,8 +262,6 @@ class DiffulexEngine:
         prefix_caching = self.config.cache.enable_prefix_caching
         eos_ids = set(self.config.eos_token_ids)  # once per step, not per request
         for req, plan, decision in zip(reqs, plans, decisions):
-            if after_forward:
-                req.after_forward(plan)
             if prefix_caching and plan.write_end > plan.start:
                 self.kv_cache_manager.commit(req.page_table, req.canvas, req.num_cached,
                                              getattr(req, "cache_namespace", b""))
@@ -529,7 +440,7 @@ class DiffulexEngine:
             finally:
                 if parallel is not None:
                     destroy_parallel_state(parallel)
-        self._spec = None
+        self.speculator = None
         self.scheduler = None
         # An exception that escaped generate() keeps this engine alive through its frames: hold
         # nothing heavy once closed (the cache manager, the sampler, step tensors).

@@ -14,6 +14,14 @@ class NonFiniteLogits(RuntimeError):
         self.indices = indices
 
 
+def non_finite_error(reqs: list[Any], e: NonFiniteLogits) -> RuntimeError:
+    """The user-facing error of a step whose logits were not finite (``reqs``: the step's requests)."""
+    return RuntimeError(
+        f"the model produced non-finite logits (NaN or inf) for request(s) "
+        f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
+        "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')")
+
+
 def check_progress(reqs: list[Any], plans: list[Any], decisions: list[Any]) -> None:
     """A request whose step had to fill a forced block and changed nothing would loop forever:
     an error instead (the sampler's rules guarantee progress unless its inputs are broken).

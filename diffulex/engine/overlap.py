@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .batch import StepBatch, host_to_device, pack_batch, rows_on
+from .faults import NonFiniteLogits, non_finite_error
 
 
 @dataclass
@@ -182,6 +183,7 @@ class Speculator:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.stats = OverlapStats()
+        self.inflight: Optional[Speculation] = None  # the guess queued during the last step
         self.recent: collections.deque[bool] = collections.deque(maxlen=self.window)  # hit or miss
         self._held = 0  # steps not guessed since the last probe, while backing off
         cap = engine.config.strategy.block_size + 1
@@ -191,6 +193,50 @@ class Speculator:
         taken = set(cfg.eos_token_ids) | {cfg.model.mask_token_id}
         # A stand-in for a token the guess assumes decided: neither a mask nor an end of sequence.
         self.placeholder = next(t for t in range(len(taken) + 1) if t not in taken)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def step(self) -> list[Any]:
+        """One engine step: the guess queued during the last step if it is exactly what the
+        scheduler plans now (else the real step, queued now); the next step is guessed and queued
+        before this one's decisions are read. Returns the finished requests."""
+        eng = self.engine
+        spec, self.inflight = self.inflight, None
+        if spec is not None:
+            self.release(spec)  # before the scheduler takes pages
+        scheduled = eng.scheduler.schedule()
+        if not scheduled:
+            if spec is not None:
+                self.record(hit=False)
+            return []
+        reqs = [r for r, _ in scheduled]
+        plans = [p for _, p in scheduled]
+        batch = pack_batch(reqs, plans, eng.config.cache.page_size, eng.kv_cache_manager)
+        hit = spec is not None and self.matches(spec, reqs, plans, batch)
+        if spec is not None:
+            self.record(hit)
+        if hit:
+            cur = dataclasses.replace(spec.step, plans=plans, batch=batch)
+        else:
+            t0 = time.perf_counter()
+            logits = eng._forward(reqs, batch)
+            cur = Launched(reqs, plans, batch, eng.sampler.launch(batch, logits, reqs, eng._forbidden_for(logits)), t0)
+        prefill = any(req.nfe == 0 for req in reqs)
+        for req, plan in zip(reqs, plans):
+            req.after_forward(plan)  # independent of the decisions: before the next step is guessed
+        self.inflight = self.propose(cur, eng._forward)
+        try:
+            decisions = cur.pending.result()  # the host waits for this step (the next one is queued)
+        except NonFiniteLogits as e:
+            raise non_finite_error(reqs, e) from None
+        self.observe(cur)  # how often blocks complete: whether to guess next time
+        return eng._complete(reqs, plans, decisions, cur.t0, prefill)
+
+    def drop(self) -> None:
+        """Discard the guess in flight (its outputs are never read) and give back its pages."""
+        spec, self.inflight = self.inflight, None
+        if spec is not None:
+            self.release(spec)
+            self.record(hit=False)
 
     # -- 1 + 2: guess and queue ------------------------------------------------------------
     def propose(self, cur: Launched, forward: Callable[..., torch.Tensor]) -> Optional[Speculation]:

@@ -84,7 +84,7 @@ class Sampler(ABC):
         return SelectionParams(per_row[0].float(), per_row[1].long(), per_row[2].float(), gens, any_sampled=any_row)
 
 
-class PendingDecisions:
+class PendingDecisions(ABC):
     """A step's decisions, queued on the device; :meth:`result` reads them (the host sync).
 
     ``take`` / ``tokens`` ([M] bool / long, on the device, or None) are the rows the step fills
@@ -94,12 +94,14 @@ class PendingDecisions:
     take: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
 
+    @abstractmethod
     def result(self) -> list[Decision]:
-        raise NotImplementedError
+        """One Decision per request of the step, in batch order."""
 
     def host_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """([M] bool, [M] long) on the host: ``take`` and ``tokens`` as read by :meth:`result`."""
-        raise NotImplementedError
+        """([M] bool, [M] long) on the host: ``take`` and ``tokens`` as read by :meth:`result`
+        (only where ``take`` is set)."""
+        raise TypeError(f"{type(self).__name__} has no device-side fills (take is None)")
 
 
 class ReadyDecisions(PendingDecisions):
