@@ -7,7 +7,10 @@ so repeats do not hit L2) for each tile ``(BLOCK_N, BLOCK_K, warps, stages)`` of
 the other keeps its default; prints ms, the effective bandwidth over the selected experts'
 weights, the achieved TFLOP/s of the expert GEMMs (``2 * T * top_k * 3 * I * H`` FLOPs; % of
 ``BF16_PEAK_TFLOPS``) and the error against the default. ``--fp8``: the same with FP8 experts
-(128 x 128 scale tiles), bandwidth counted at one byte per weight.
+(128 x 128 scale tiles), bandwidth counted at one byte per weight. ``--swaps 0,1``: everything for
+each setting of ``fused_moe(swap=...)`` (transposed products, the weight tile on the MMA's left).
+``--graph``: GPU time from CUDA graphs of 20 calls (no launch gaps, as in the engine) instead of
+one call between events.
 """
 
 from __future__ import annotations
@@ -49,12 +52,21 @@ def main() -> int:
     ap.add_argument("--fp8", action="store_true", help="FP8 experts (W8A16, 128 x 128 scale tiles)")
     ap.add_argument("--n-major", action="store_true", help="also time each BLOCK_M's default with the column-tile-major "
                     "launch order (fused_moe(n_major=True))")
-    ap.add_argument("--fp8-scales", default="weights", help="with --fp8: comma-separated fused_moe fp8_scale modes "
+    ap.add_argument("--fp8-scales", default="weights,products,fp16", help="with --fp8: comma-separated fused_moe fp8_scale modes "
                     "(weights, products), each timed")
+    ap.add_argument("--sweep-scale", default=None, help="with --fp8: the fp8_scale of the default and the tile sweep")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="defaults only, no tile sweep")
     ap.add_argument("--grid", choices=["small", "large"], default=None,
                     help="tile grid (default: small below 1,024 tokens, large from there)")
+    ap.add_argument("--swaps", default="", help="comma-separated fused_moe swap settings (0, 1); default: its heuristic")
+    ap.add_argument("--graph", action="store_true", help="time CUDA graphs of 20 calls (kernel_check.bench_graph)")
     args = ap.parse_args()
+    timer = bench
+    if args.graph:
+        from kernel_check import bench_graph
+
+        calls = itertools.count()
+        timer = lambda fn: bench_graph(lambda: fn(next(calls)))  # noqa: E731
     dev, dt = torch.device("cuda"), torch.bfloat16
     copies = 3  # 3 x 1.6 GB of experts: beyond L2
     w13s = [torch.randn(E, 2 * I, H, device=dev, dtype=dt) * H ** -0.5 for _ in range(copies)]
@@ -88,26 +100,28 @@ def main() -> int:
             return f"{nbytes / ms / 1e6:.0f} GB/s, {tflops:.0f} TFLOP/s = {100 * tflops / BF16_PEAK_TFLOPS:.0f} % of peak"
 
         ref = fused_moe(x, ids, w, w13s[0], w2s[0], **fp8[0])
-        for block_m in block_ms:
+        swaps = [bool(int(v)) for v in args.swaps.split(",") if v] or [None]
+        for block_m, swap in itertools.product(block_ms, swaps):
             def call(i, tiles=None, n_major=None):
                 return fused_moe(x, ids, w, w13s[i % copies], w2s[i % copies], block_m=block_m, tiles=tiles,
-                                 n_major=n_major, **fp8[i % copies])
+                                 n_major=n_major, swap=swap, fp8_scale=args.sweep_scale, **fp8[i % copies])
 
-            base = bench(call)
-            print(f"T={t} U={u} BLOCK_M={block_m or 'auto'}{' fp8' if args.fp8 else ''}: default {base:.3f} ms "
-                  f"({rate(base)})", flush=True)
+            base = timer(call)
+            print(f"T={t} U={u} BLOCK_M={block_m or 'auto'} swap={swap}{' fp8' if args.fp8 else ''}: default "
+                  f"{base:.3f} ms ({rate(base)})", flush=True)
             if args.fp8 and "," in args.fp8_scales:
                 for mode in args.fp8_scales.split(","):
-                    out = fused_moe(x, ids, w, w13s[0], w2s[0], block_m=block_m, fp8_scale=mode, **fp8[0])
+                    out = fused_moe(x, ids, w, w13s[0], w2s[0], block_m=block_m, fp8_scale=mode, swap=swap,
+                                    **fp8[0])
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-                    ms = bench(lambda i: fused_moe(x, ids, w, w13s[i % copies], w2s[i % copies], block_m=block_m,
-                                                   fp8_scale=mode, **fp8[i % copies]))
+                    ms = timer(lambda i: fused_moe(x, ids, w, w13s[i % copies], w2s[i % copies], block_m=block_m,
+                                                   fp8_scale=mode, swap=swap, **fp8[i % copies]))
                     print(f"  fp8_scale={mode}: {ms:.3f} ms ({rate(ms)}), rel err {err:.1e}", flush=True)
             if args.n_major:
                 for order in (False, True):
                     out = call(0, n_major=order)
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-                    ms = bench(lambda i: call(i, n_major=order))
+                    ms = timer(lambda i: call(i, n_major=order))
                     print(f"  n_major={order}: {ms:.3f} ms ({rate(ms)}), rel err {err:.1e}", flush=True)
             for which in ("gate_up", "down") if args.sweep else ():
                 rows = []
@@ -115,7 +129,7 @@ def main() -> int:
                     try:
                         out = call(0, {which: tile})
                         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-                        ms = bench(lambda i: call(i, {which: tile}))
+                        ms = timer(lambda i: call(i, {which: tile}))
                     except Exception as exc:  # a tile that does not compile or fit
                         print(f"  {which} {tile}: {type(exc).__name__}", flush=True)
                         continue

@@ -3,7 +3,7 @@
 Pins: token counts 1, 3 and 33 (one partial ``BLOCK_M`` tile, several), N and K that are no
 multiples of the tile or the scale block, scale blocks that are multiples of ``BLOCK_K`` (scale
 per K step), narrower (``BLOCK_K`` shrinks to the block) or of no power-of-two width (scale per
-element), per output channel ``[1, K]``, split-K with its fixed-order partial sum, bias, leading
+element), per output channel ``[1, K]``, split-K with its fixed-order partial sum, the swapped product (``y^T = w x^T``), bias, leading
 dimensions, bf16 activations; e4m3 special values (subnormals, -0, 448) load exactly; and an
 FP8 model on the Triton ops equals the same FP8 model on the reference ops.
 """
@@ -41,9 +41,11 @@ def test_fp8_linear_matches_reference_fp32(m, n, k, block, splits, bias):
     q, s = quantize_fp8(torch.randn(n, k, generator=gen) * 2, block)
     x = torch.randn(m, k, generator=gen)
     b = torch.randn(n, generator=gen) if bias else None
-    for mode in ("weights", "products"):  # weight tiles scaled before the product, or the partial products
-        got = fp8_linear(x, q, s, block, b, splits=splits, scale_mode=mode)
-        torch.testing.assert_close(got, ref_fp8_linear(x, q, s, block, b), atol=1e-4, rtol=1e-4)
+    ref = ref_fp8_linear(x, q, s, block, b)
+    for mode in ("weights", "products", "fp16"):  # weight tiles scaled before the product, or the partial products
+        for swap in (False, True):  # y = x w^T, or y^T = w x^T (the weight tile as the MMA's left operand)
+            got = fp8_linear(x, q, s, block, b, splits=splits, scale_mode=mode, swap=swap)
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("m,n,k,block,splits", [CASES[0], CASES[3], CASES[4]])
@@ -52,10 +54,11 @@ def test_fp8_linear_matches_reference_bf16_with_leading_dims(m, n, k, block, spl
     q, s = quantize_fp8(torch.randn(n, k, generator=gen), block)
     x = torch.randn(2, m, k, generator=gen).bfloat16()
     b = torch.randn(n, generator=gen).bfloat16()
-    got = fp8_linear(x, q, s, block, b, splits=splits)
     ref = ref_fp8_linear(x.float(), q, s, block, b.float())
-    assert got.shape == (2, m, n) and got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), ref, atol=3e-2 * ref.abs().max().item(), rtol=2e-2)
+    for swap in (False, True):
+        got = fp8_linear(x, q, s, block, b, splits=splits, swap=swap)
+        assert got.shape == (2, m, n) and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), ref, atol=3e-2 * ref.abs().max().item(), rtol=2e-2)
 
 
 def test_e4m3_special_values_load_exactly():

@@ -133,8 +133,9 @@ def test_fused_moe_matches_per_token_reference(t, h, i, e, k, block_m):
     gen = torch.Generator().manual_seed(t * 7 + h)
     x, ids, weights, w13, w2 = random_moe(gen, t, h, i, e, k, skew=t > 30)
     expected = ref.fused_moe(x, ids, weights, w13, w2)
-    out = fused_moe(x, ids, weights, w13, w2, block_m=block_m)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    for swap in (False, True):  # [BM, BN] products, or transposed [BN, BM] (the weight tile on the left)
+        out = fused_moe(x, ids, weights, w13, w2, block_m=block_m, swap=swap)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_fused_moe_launch_order_changes_nothing():
@@ -149,9 +150,10 @@ def test_fused_moe_bf16():
     gen = torch.Generator().manual_seed(9)
     x, ids, weights, w13, w2 = random_moe(gen, 11, 64, 48, 8, 4, dtype=torch.bfloat16)
     expected = ref.fused_moe(x.float(), ids, weights, w13.float(), w2.float())
-    out = fused_moe(x, ids, weights, w13, w2)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    for swap in (False, True):
+        out = fused_moe(x, ids, weights, w13, w2, swap=swap)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_fused_moe_tensor_parallel_slice_only_adds_local_experts():
@@ -204,6 +206,12 @@ def test_fp8_fused_moe_equals_reference_on_the_dequantized_weights(t, h, i, e, k
     fp8 = dict(w13_scale=s13, w2_scale=s2, block=block)
     torch.testing.assert_close(ref.fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, **fp8), expected, atol=1e-5, rtol=1e-4)
+    for swap in (False, True):
+        torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, swap=swap, **fp8), expected, atol=1e-5,
+                                   rtol=1e-4)
+    for mode in ("products", "fp16"):
+        torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, fp8_scale=mode, swap=True, **fp8), expected,
+                                   atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused_moe(x, ids, weights, q13, q2, fp8_scale="products", **fp8), expected,
                                atol=1e-5, rtol=1e-4)
     full = ref.fused_moe(x, ids, weights, w13, w2)

@@ -42,7 +42,8 @@ def _gate_up_kernel(
     s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     FP32_DOT: tl.constexpr, GELU_TANH: tl.constexpr, FP8: tl.constexpr, SCALE_WEIGHTS: tl.constexpr,
-    N_MAJOR: tl.constexpr, PDL: tl.constexpr,
+    N_MAJOR: tl.constexpr, SWAP: tl.constexpr, F16_MMA: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(1 if N_MAJOR else 0)
@@ -55,8 +56,12 @@ def _gate_up_kernel(
     n = tl.program_id(0 if N_MAJOR else 1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] intermediate columns
     n_ok = n < I
     w_base = w13_ptr + e.to(tl.int64) * stride_we
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if SWAP:  # transposed products [BN, BM]: the weight tile is the MMA's left operand
+        acc_g = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    else:
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     kk = tl.arange(0, BLOCK_K)
     for k0 in range(0, H, BLOCK_K):
         k_ok = k0 + kk < H
@@ -74,22 +79,39 @@ def _gate_up_kernel(
                 wu = (wu.to(tl.float32) * su[:, None]).to(x_ptr.dtype.element_ty)
         if FP32_DOT:
             x = x.to(tl.float32)
-            pg = tl.dot(x, tl.trans(wg.to(tl.float32)), input_precision="ieee")
-            pu = tl.dot(x, tl.trans(wu.to(tl.float32)), input_precision="ieee")
+            wg = wg.to(tl.float32)
+            wu = wu.to(tl.float32)
+        elif F16_MMA:  # raw e4m3 values and the activations as fp16 operands (the products scaled below)
+            x = x.to(tl.float16)
+            wg = wg.to(tl.float16)
+            wu = wu.to(tl.float16)
+        else:  # FP8 weights: e4m3 -> bf16 is exact
+            wg = wg.to(x.dtype)
+            wu = wu.to(x.dtype)
+        if SWAP:
+            pg = tl.dot(wg, tl.trans(x), input_precision=PRECISION)  # [BN, BM]
+            pu = tl.dot(wu, tl.trans(x), input_precision=PRECISION)
+            if FP8 and not SCALE_WEIGHTS:  # the partial product scaled (the accumulation leaves the MMA)
+                pg = pg * sg[:, None]
+                pu = pu * su[:, None]
         else:
-            pg = tl.dot(x, tl.trans(wg.to(x.dtype)))  # FP8 weights: e4m3 -> bf16 is exact
-            pu = tl.dot(x, tl.trans(wu.to(x.dtype)))
-        if FP8 and not SCALE_WEIGHTS:  # the partial product scaled (the accumulation leaves the MMA)
-            pg = pg * sg[None, :]
-            pu = pu * su[None, :]
+            pg = tl.dot(x, tl.trans(wg), input_precision=PRECISION)  # [BM, BN]
+            pu = tl.dot(x, tl.trans(wu), input_precision=PRECISION)
+            if FP8 and not SCALE_WEIGHTS:
+                pg = pg * sg[None, :]
+                pu = pu * su[None, :]
         acc_g += pg
         acc_u += pu
     if GELU_TANH:  # 0.5 g (1 + tanh(a)) = g * sigmoid(2a), a = sqrt(2/pi) (g + 0.044715 g^3)
         h = acc_g * tl.sigmoid(1.5957691216057308 * (acc_g + 0.044715 * acc_g * acc_g * acc_g)) * acc_u
     else:
         h = acc_g * tl.sigmoid(acc_g) * acc_u
-    tl.store(inter_ptr + rows[:, None].to(tl.int64) * I + n[None, :], h.to(inter_ptr.dtype.element_ty),
-             mask=r_ok[:, None] & n_ok[None, :])
+    if SWAP:
+        tl.store(inter_ptr + rows[None, :].to(tl.int64) * I + n[:, None], h.to(inter_ptr.dtype.element_ty),
+                 mask=n_ok[:, None] & r_ok[None, :])
+    else:
+        tl.store(inter_ptr + rows[:, None].to(tl.int64) * I + n[None, :], h.to(inter_ptr.dtype.element_ty),
+                 mask=r_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -98,7 +120,8 @@ def _down_kernel(
     stride_we, stride_wn, num_local, H, I,
     s_ptr, stride_se, stride_sn, SCALE_N, SCALE_K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
-    FP8: tl.constexpr, SCALE_WEIGHTS: tl.constexpr, N_MAJOR: tl.constexpr, PDL: tl.constexpr,
+    FP8: tl.constexpr, SCALE_WEIGHTS: tl.constexpr, N_MAJOR: tl.constexpr, SWAP: tl.constexpr, F16_MMA: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     blk = tl.program_id(1 if N_MAJOR else 0)
@@ -111,7 +134,10 @@ def _down_kernel(
     n = tl.program_id(0 if N_MAJOR else 1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] hidden columns
     n_ok = n < H
     w_base = w2_ptr + e.to(tl.int64) * stride_we
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if SWAP:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     kk = tl.arange(0, BLOCK_K)
     for k0 in range(0, I, BLOCK_K):
         k_ok = k0 + kk < I
@@ -125,15 +151,31 @@ def _down_kernel(
             if SCALE_WEIGHTS:
                 w = (w.to(tl.float32) * sw[:, None]).to(inter_ptr.dtype.element_ty)
         if FP32_DOT:
-            p = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        elif F16_MMA:
+            h = h.to(tl.float16)
+            w = w.to(tl.float16)
         else:
-            p = tl.dot(h, tl.trans(w.to(h.dtype)))
-        if FP8 and not SCALE_WEIGHTS:
-            p = p * sw[None, :]
+            w = w.to(h.dtype)
+        if SWAP:
+            p = tl.dot(w, tl.trans(h), input_precision=PRECISION)  # [BN, BM]
+            if FP8 and not SCALE_WEIGHTS:
+                p = p * sw[:, None]
+        else:
+            p = tl.dot(h, tl.trans(w), input_precision=PRECISION)  # [BM, BN]
+            if FP8 and not SCALE_WEIGHTS:
+                p = p * sw[None, :]
         acc += p
-    acc = acc * tl.load(weights_ptr + assign, mask=r_ok, other=0.0)[:, None]
-    tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=r_ok[:, None] & n_ok[None, :])
+    route_w = tl.load(weights_ptr + assign, mask=r_ok, other=0.0)  # [BM]
+    if SWAP:
+        acc = acc * route_w[None, :]
+        tl.store(out_ptr + assign[None, :].to(tl.int64) * H + n[:, None], acc.to(out_ptr.dtype.element_ty),
+                 mask=n_ok[:, None] & r_ok[None, :])
+    else:
+        acc = acc * route_w[:, None]
+        tl.store(out_ptr + assign[:, None].to(tl.int64) * H + n[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=r_ok[:, None] & n_ok[None, :])
 
 
 def _gate_up_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int, int, int]:
@@ -147,13 +189,33 @@ def _gate_up_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int,
     return min(64, max(16, next_pow2(inter_size))), min(64, max(16, next_pow2(hidden))), 8, 3
 
 
-def _down_tile(block_m: int, inter_size: int, hidden: int) -> tuple[int, int, int, int]:
+def _down_tile(block_m: int, inter_size: int, hidden: int, fp8: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, warps, stages) of the down kernel. ``experiments/moe_tune.py`` on an H200 at
     LLaDA2.0-mini shapes, T = 2,048 / 4,096 tokens: 128-row blocks with 256-wide N tiles beat the
-    64 x 64 default by 2-15 % (whole call 0.832 vs 0.983 ms at 4,096 tokens)."""
+    64 x 64 default by 2-15 % (whole call 0.832 vs 0.983 ms at 4,096 tokens). FP8 experts in small
+    blocks (``--fp8 --sweep-scale fp16 --graph``, T = 32): 128 x 256 tiles with 4 warps, whole call
+    0.186 -> 0.146 ms (the bf16 launch is at the read ceiling already: 4.2 TB/s)."""
+    if fp8 and block_m <= 32:
+        return min(128, max(16, next_pow2(hidden))), min(256, max(16, next_pow2(inter_size))), 4, 3
     if block_m >= 128:
         return min(256, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size))), 8, 3
     return min(64, max(16, next_pow2(hidden))), min(64, max(16, next_pow2(inter_size))), 8, 3
+
+
+# How FP8 experts apply their scales (``fused_moe(fp8_scale=...)``). ``moe_tune.py --fp8 --graph`` on an
+# H200 at mini shapes (whole call, T = 32 / 64 / 256): weights 0.210 / 0.271 / 0.321 ms, products
+# 0.222 / 0.286 / 0.338, fp16 0.195 / 0.249 / 0.296.
+FP8_SCALE_DEFAULT = "fp16"
+
+# Blocks of at most this many rows run swapped (``swap_default``), per weight dtype. Same sweep: swapped
+# products were no faster for bf16 (0.242 vs 0.242 ms at T = 32: at the read ceiling either way) and
+# slower for FP8 (fp16 0.229 vs 0.195 ms), so neither swaps.
+SWAP_AT_MOST_ROWS = {"bf16": 0, "fp8": 0}
+
+
+def swap_default(block_m: int, fp8: bool) -> bool:
+    """Whether blocks of ``block_m`` rows compute the transposed products (:data:`SWAP_AT_MOST_ROWS`)."""
+    return block_m <= SWAP_AT_MOST_ROWS["fp8" if fp8 else "bf16"]
 
 
 # Column-tile-major launch order (``n_major``) by default: off. ``moe_tune.py --n-major`` on an H200
@@ -243,7 +305,8 @@ def fused_moe(
     w2_scale: torch.Tensor | None = None,
     block: tuple[int, int] | None = None,
     n_major: bool | None = None,
-    fp8_scale: str = "weights",
+    fp8_scale: str | None = None,
+    swap: bool | None = None,
 ) -> torch.Tensor:
     """``x: [T, H]``, ``topk_ids, topk_weights: [T, k]``, ``w13: [E, 2I, H]``, ``w2: [E, H, I]`` -> ``[T, H]`` (x dtype).
 
@@ -251,7 +314,14 @@ def fused_moe(
     (None: all experts are local). ``block_m`` overrides the tokens-per-block heuristic;
     ``tiles`` the launch of either kernel: ``{"gate_up"|"down": (BLOCK_N, BLOCK_K, warps,
     stages)}`` (``experiments/moe_tune.py`` sweeps them on a GPU). ``activation``: ``"silu"`` or
-    ``"gelu_tanh"`` (DiffusionGemma's experts).
+    ``"gelu_tanh"`` (DiffusionGemma's experts). ``swap``: both kernels compute the transposed
+    products (the weight tile as the MMA's left operand, the block's tokens its narrow side); None:
+    :func:`swap_default` by ``block_m`` and the weight dtype. ``fp8_scale`` (FP8 experts; None:
+    :data:`FP8_SCALE_DEFAULT`): ``"weights"`` dequantizes each weight tile to the activation dtype before
+    the product (the reference's values), ``"products"`` scales each K step's partial product,
+    ``"fp16"`` the same with the raw e4m3 values and the activations as fp16 MMA operands (one
+    conversion per two weights instead of several; activations beyond fp16's 65,504 give non-finite
+    outputs).
     """
     if activation not in ("silu", "gelu_tanh"):
         raise ValueError(f"fused_moe: activation {activation!r}, expected 'silu' or 'gelu_tanh'")
@@ -273,10 +343,13 @@ def fused_moe(
     fp32_dot = is_interpreting() or x.dtype == torch.float32
     n_blocks = blk_expert.shape[0]
     fp8 = _fp8_args(w13, w2, w13_scale, w2_scale, block, hidden, inter_size)
-    if fp8_scale not in ("weights", "products"):
-        raise ValueError(f"fused_moe: fp8_scale {fp8_scale!r}, expected 'weights' or 'products'")
+    fp8_scale = FP8_SCALE_DEFAULT if fp8_scale is None else fp8_scale
+    if fp8_scale not in ("weights", "products", "fp16"):
+        raise ValueError(f"fused_moe: fp8_scale {fp8_scale!r}, expected 'weights', 'products' or 'fp16'")
     scale_weights = fp8_scale == "weights"
+    f16_mma = fp8["on"] and fp8_scale == "fp16" and not fp32_dot
 
+    swap = swap_default(block_m, fp8["on"]) if swap is None else bool(swap)
     inter = torch.empty(n_assign, inter_size, dtype=x.dtype, device=x.device)  # [A, I] sorted rows
     tiles = tiles or {}
     bn, bk, warps, stages = tiles.get("gate_up") or _gate_up_tile(block_m, inter_size, hidden)
@@ -287,17 +360,17 @@ def fused_moe(
         x, w13, inter, order, blk_expert, blk_row0, blk_row_end,
         x.stride(0), w13.stride(0), w13.stride(1), num_local, hidden, inter_size, *fp8["gate_up"],
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, GELU_TANH=activation == "gelu_tanh",
-        FP8=fp8["on"], SCALE_WEIGHTS=scale_weights, N_MAJOR=n_major, num_warps=warps, num_stages=stages,
-        **pdl_kwargs(x.device),
+        FP8=fp8["on"], SCALE_WEIGHTS=scale_weights, N_MAJOR=n_major, SWAP=swap, F16_MMA=f16_mma, PRECISION="ieee" if fp32_dot else "tf32", num_warps=warps,
+        num_stages=stages, **pdl_kwargs(x.device),
     )
     alloc = torch.empty if all_local else torch.zeros  # non-local assignments are never written
     per_assign = alloc(n_tok, top_k, hidden, dtype=x.dtype, device=x.device)  # [T, k, H]
-    bn, bk, warps, stages = tiles.get("down") or _down_tile(block_m, inter_size, hidden)
+    bn, bk, warps, stages = tiles.get("down") or _down_tile(block_m, inter_size, hidden, fp8["on"])
     bk = _k_tile(bk, fp8["down"], inter_size)
     _down_kernel[grid(triton.cdiv(hidden, bn))](
         inter, w2, per_assign, topk_weights.float().contiguous(), order, blk_expert, blk_row0, blk_row_end,
         w2.stride(0), w2.stride(1), num_local, hidden, inter_size, *fp8["down"],
         BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, FP32_DOT=fp32_dot, FP8=fp8["on"], SCALE_WEIGHTS=scale_weights,
-        N_MAJOR=n_major, num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
+        N_MAJOR=n_major, SWAP=swap, F16_MMA=f16_mma, PRECISION="ieee" if fp32_dot else "tf32", num_warps=warps, num_stages=stages, **pdl_kwargs(x.device),
     )
     return sum_assignments(per_assign)  # [T, H]
