@@ -19,7 +19,8 @@ def non_finite_error(reqs: list[Any], e: NonFiniteLogits) -> RuntimeError:
     return RuntimeError(
         f"the model produced non-finite logits (NaN or inf) for request(s) "
         f"{[reqs[i].req_id for i in e.indices]}: check the checkpoint's weights for NaN / inf "
-        "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32')")
+        "tensors and the dtype (float16 can overflow; try dtype='bfloat16' or 'float32'; FP8 experts on "
+        "Triton multiply in float16 as well: quantization.weights=none rules that out)")
 
 
 def check_progress(reqs: list[Any], plans: list[Any], decisions: list[Any]) -> None:

@@ -218,8 +218,8 @@ def fp8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tup
     scales before the product (the MMA accumulates across K steps), ``"products"`` scales each K
     step's partial product (the accumulation leaves the MMA every step), ``"fp16"`` the same with the raw
     e4m3 values and the activations as fp16 MMA operands (e4m3 -> fp16 is one conversion per two values,
-    e4m3 -> bf16 several; bf16 activations are exact in fp16 up to 65,504, beyond which the output
-    is not finite: the engine's non-finite check names it).
+    e4m3 -> bf16 several; bf16 activations are exact in fp16 from 2^-14 to 65,504 in magnitude, beyond
+    which the output is not finite: the engine's non-finite check names it).
     More than ``dequant_above`` tokens (bf16 / fp16 activations, no ``tiles`` override): the weight is
     widened by :func:`dequantize` and multiplied by ``F.linear``. ``swap``: compute ``y^T = w x^T`` (the
     weight tile as the MMA's left operand); None: :data:`SWAP_AT_MOST_M` decides. Needs per-step scales
